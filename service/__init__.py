@@ -1,0 +1,1 @@
+"""lrface: low-resolution face recognition service."""
