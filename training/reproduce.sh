@@ -33,8 +33,9 @@ mkdir -p "$RUNS/logs" "$RUNS/onnx"
 ABLATION_CONFIGS="mrgan_no_attn_loss mrgan_no_attention mrgan_no_local_gen mrgan_no_local_gen_no_attention mrgan_no_local_gen_no_attention_no_local_disc"
 
 train_gan() {  # $1 = config
+  local resume=""; [ -f "$RUNS/$1/last.pt" ] && resume=--resume
   $PY -m training.train_mrgan --config "$1" --hr "$HR" --lr "$LR" --out "$RUNS/$1" --device "$DEVICE" \
-    --steps "$GAN_STEPS" --max-minutes "$GAN_MIN" --batch-size "$GAN_BATCH" --seed "$SEED" --resume \
+    --steps "$GAN_STEPS" --max-minutes "$GAN_MIN" --batch-size "$GAN_BATCH" --seed "$SEED" $resume \
     >"$RUNS/logs/$1.log" 2>&1
 }
 train_emb() {  # $1 = mode (hr | hr_bicubic)

@@ -1,0 +1,64 @@
+"""The FastAPI application: `create_app()` wires settings, models, routes, errors, limits, auth and metrics."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Services
+from service.api.errors import install_error_handlers
+from service.api.guard import GuardMiddleware
+from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.routes import embed, health, jobs, synthesize
+from service.settings import Settings, get_settings
+
+DESCRIPTION = """
+Face models for low-resolution CCTV imagery.
+
+- **Synthesis** (`/v1/synthesize`): realistic LR variants of an HR face (MR-GAN), for augmenting training sets.
+- **Recognition** (`/v1/embed`, `/v1/verify`): embeddings that bring a sharp photo and a 20-px capture of the same
+  person together.
+- **Bulk jobs** (`/v1/jobs`): the synthesis over a whole folder or archive, by Celery workers.
+
+Every error is JSON `{"error": code, "message": text}`. When API keys are configured (`LRFACE_API_KEYS`), every
+endpoint except `/healthz`, `/readyz` and the docs needs `Authorization: Bearer <key>`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.getLogger("lrface").setLevel(settings.log_level.upper())
+    metrics = Metrics()
+    services = Services(settings=settings, metrics=metrics)
+
+    def job_stats():
+        store = services.store
+        return store.stats() if store is not None else None
+
+    metrics.watch_jobs(job_stats)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.load_models_on_startup:
+            await run_in_threadpool(services.load_all)
+        yield
+        store = services._store
+        if store is not None:
+            store.redis.close()
+
+    app = FastAPI(title="lrface", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.services = services
+    install_error_handlers(app)
+    for module in (synthesize, embed, jobs, health):
+        app.include_router(module.router)
+    # Outermost first: metrics see every request (also refused ones); the guard runs before any body is read.
+    app.add_middleware(GuardMiddleware, settings=settings)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

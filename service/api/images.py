@@ -1,0 +1,76 @@
+"""Uploaded images -> faces ready for the models: bounded reads, the shared decoder, optional detection + alignment."""
+from __future__ import annotations
+
+import base64
+import io
+from enum import Enum
+
+import numpy as np
+from fastapi import UploadFile
+from PIL import Image
+
+from models.face import MIN_INPUT_HEIGHT, ImageDecodeError, decode_image, encode_png
+from service.api.errors import APIError, image_error
+from service.detect import FaceDetector, NoFaceError
+
+_READ_BLOCK = 256 * 1024
+
+
+class Align(str, Enum):
+    none = "none"
+    auto = "auto"
+
+
+class ImageFormat(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+
+
+async def read_upload(upload: UploadFile, limit: int) -> bytes:
+    """The file's bytes, refusing it as soon as more than `limit` bytes have been read."""
+    chunks, size = [], 0
+    while True:
+        block = await upload.read(_READ_BLOCK)
+        if not block:
+            break
+        size += len(block)
+        if size > limit:
+            raise APIError(413, "payload_too_large", f"{upload.filename or 'the file'} exceeds {limit} bytes",
+                           filename=upload.filename or "")
+        chunks.append(block)
+    return b"".join(chunks)
+
+
+def prepare_face(data: bytes, filename: str | None, align: Align, max_pixels: int,
+                 detector: FaceDetector | None) -> tuple[np.ndarray, dict | None]:
+    """Decode (with the pixel limit) and, for align=auto, detect the most prominent face and align it.
+
+    Returns the face (an aligned crop of any size for align=none, 112x96 for auto) and the detection box.
+    """
+    min_side = 1 if align is Align.auto else MIN_INPUT_HEIGHT
+    try:
+        rgb = decode_image(data, max_pixels=max_pixels, min_side=min_side)
+    except ImageDecodeError as exc:
+        raise image_error(exc, filename) from None
+    if align is Align.none:
+        if rgb.shape[0] < MIN_INPUT_HEIGHT:
+            raise APIError(422, "too_small", f"the face is {rgb.shape[0]} px high; at least {MIN_INPUT_HEIGHT} px are needed",
+                           filename=filename or "")
+        return rgb, None
+    assert detector is not None
+    try:
+        face, detection = detector.align(rgb)
+    except NoFaceError:
+        raise APIError(422, "no_face", "no face was found in the image", filename=filename or "") from None
+    return face, detection.box()
+
+
+def encode(rgb: np.ndarray, fmt: ImageFormat) -> tuple[str, str]:
+    """(base64 text, media type) of an RGB image."""
+    buf = io.BytesIO()
+    if fmt is ImageFormat.jpeg:
+        Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=95)
+        media = "image/jpeg"
+    else:
+        return base64.b64encode(encode_png(rgb)).decode("ascii"), "image/png"
+    return base64.b64encode(buf.getvalue()).decode("ascii"), media

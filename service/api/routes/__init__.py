@@ -1,0 +1,1 @@
+"""One router per resource: synthesize, embed (+ verify), jobs, health."""

@@ -1,0 +1,103 @@
+"""POST /v1/embed and POST /v1/verify: resolution-robust face embeddings and one-to-one verification."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Services, ServicesDep, SettingsDep, get_embedder
+from service.api.errors import APIError
+from service.api.images import Align, prepare_face, read_upload
+from service.api.routes.synthesize import FaceBox
+from service.inference import Embedder
+from service.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["recognition"])
+
+
+class EmbedItem(BaseModel):
+    index: int
+    filename: str
+    width: int = Field(description="width of the face given to the embedder (112x96 after align=auto)")
+    height: int
+    face_box: FaceBox | None
+
+
+class EmbedResponse(BaseModel):
+    model_id: str
+    dim: int
+    embeddings: list[list[float]] = Field(description="one L2-normalised vector per image, in upload order")
+    items: list[EmbedItem]
+
+
+class VerifyResponse(BaseModel):
+    similarity: float = Field(description="cosine similarity of the two embeddings, in [-1, 1]")
+    same_person: bool = Field(description="similarity >= threshold")
+    threshold: float = Field(description="the embedder's verification threshold (its sidecar's verify_threshold)")
+    model_id: str
+
+
+def _detector_for(services: Services, align: Align):
+    if align is not Align.auto:
+        return None
+    detector = services.model("detector")
+    if detector is None:
+        raise APIError(503, "model_unavailable", f"the face detector is not available: {services.model_errors.get('detector')}")
+    return detector
+
+
+async def _embed_uploads(services: Services, settings: Settings, embedder: Embedder, uploads: list[UploadFile],
+                         align: Align, endpoint: str):
+    datas = [await read_upload(u, settings.max_upload_bytes) for u in uploads]
+    detector = _detector_for(services, align)
+
+    def work():
+        prepared = [prepare_face(d, u.filename, align, settings.max_image_pixels, detector) for d, u in zip(datas, uploads)]
+        vectors = embedder.embed([face for face, _ in prepared])
+        return prepared, vectors
+
+    prepared, vectors = await run_in_threadpool(work)
+    services.metrics.images.labels(endpoint).inc(len(uploads))
+    return prepared, vectors
+
+
+@router.post("/embed", response_model=EmbedResponse, summary="embed faces",
+             description="Upload one or several face images as `images` (up to LRFACE_MAX_EMBED_IMAGES); get one "
+                         "L2-normalised embedding each. Faces of any resolution (down to 8 px high) share one space: "
+                         "compare them with a dot product. `align=auto` detects and aligns the most prominent face first.")
+async def embed(
+    services: ServicesDep,
+    settings: SettingsDep,
+    embedder: Annotated[Embedder, Depends(get_embedder)],
+    images: Annotated[list[UploadFile], File(description="face images")],
+    align: Annotated[Align, Form()] = Align.none,
+) -> EmbedResponse:
+    if len(images) > settings.max_embed_images:
+        raise APIError(413, "too_many_images", f"at most {settings.max_embed_images} images per request, got {len(images)}")
+    prepared, vectors = await _embed_uploads(services, settings, embedder, images, align, "embed")
+    items = [EmbedItem(index=i, filename=u.filename or "", width=face.shape[1], height=face.shape[0],
+                       face_box=FaceBox(**box) if box else None)
+             for i, (u, (face, box)) in enumerate(zip(images, prepared))]
+    return EmbedResponse(model_id=embedder.model_id, dim=embedder.dim, embeddings=vectors.tolist(), items=items)
+
+
+@router.post("/verify", response_model=VerifyResponse, summary="are two faces the same person?",
+             description="Upload `image_a` and `image_b`. The answer compares the cosine similarity of their embeddings "
+                         "with the embedder's `verify_threshold`, read from the model's JSON sidecar "
+                         "(models/weights/embedder.json) and returned as `threshold`: `same_person` is "
+                         "`similarity >= threshold`. Works across resolutions (an enrolment photo against a CCTV crop).")
+async def verify(
+    services: ServicesDep,
+    settings: SettingsDep,
+    embedder: Annotated[Embedder, Depends(get_embedder)],
+    image_a: Annotated[UploadFile, File()],
+    image_b: Annotated[UploadFile, File()],
+    align: Annotated[Align, Form()] = Align.none,
+) -> VerifyResponse:
+    _, vectors = await _embed_uploads(services, settings, embedder, [image_a, image_b], align, "verify")
+    similarity = float(np.clip(np.dot(vectors[0], vectors[1]), -1.0, 1.0))
+    return VerifyResponse(similarity=similarity, same_person=similarity >= embedder.verify_threshold,
+                          threshold=embedder.verify_threshold, model_id=embedder.model_id)

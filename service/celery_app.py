@@ -1,0 +1,38 @@
+"""The Celery application of the bulk jobs (`celery -A service.celery_app worker`), configured from Settings."""
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings, get_settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    broker = settings.broker_url or "redis://127.0.0.1:6379/0"
+    vt = settings.broker_visibility_timeout
+    app = Celery("lrface", broker=broker, include=["service.tasks"])
+    app.conf.update(
+        # A task is acknowledged only after it ran, and a worker that dies mid-task gives it back: every
+        # task is idempotent (outputs are skipped when present, a chunk is counted once), so redelivery is harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_transport_options={
+            # A task held by a worker that vanished (SIGKILL, lost machine) is handed out again after this.
+            "visibility_timeout": vt,
+            # Sweep for such tasks often enough that a short visibility timeout means a short wait.
+            "unacked_restore_interval": max(1, min(10, vt // 4)),
+            "unacked_restore_throttle": 1 if vt < 600 else 10,
+        },
+        task_routes={"lrface.*": {"queue": settings.queue}},
+    )
+    return app
+
+
+app = make_celery(get_settings())

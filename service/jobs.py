@@ -1,0 +1,529 @@
+"""Bulk jobs: their state in Redis, safe input folders and archives, planning and fan-out into chunk tasks.
+
+Redis keys (prefix `settings.key_prefix`, default "lrface:"):
+    job:<id>            hash: state, params (JSON), input_dir, output_dir, input, total, done, failed,
+                        chunks_total, created_at, updated_at, finished_at, error
+    job:<id>:errors     list of JSON `{"source", "reason", "message"}` (per-file failures)
+    job:<id>:chunks     set of chunk indexes already counted (each chunk is counted once, whatever redelivers it)
+    job:<id>:sources    list of the planned relative paths (the finalizer rebuilds the manifest from it)
+    job:<id>:cancel     present when the job was cancelled: chunk tasks check it and do nothing
+    jobs                sorted set of job ids by creation time
+    stats               hash of job counts by event (created, succeeded, failed, cancelled)
+Nothing here holds pixels: tasks get (job id, chunk index, relative paths) and read the files themselves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import tarfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import redis
+
+from service.settings import Settings
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+MAX_ERRORS_SHOWN = 1000
+# Below this many bytes a high compression ratio cannot hurt anyone (a small file of zeros is fine).
+_RATIO_FLOOR = 1024 * 1024
+_COPY_BLOCK = 1024 * 1024
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_STRAY_TEMP = re.compile(r"^\..+\.\d+\.\d+\.tmp$")  # service.offline.write_atomic's temp names
+
+
+class JobInputError(Exception):
+    """The job request cannot be accepted; status / code / message go to the client as they are."""
+
+    def __init__(self, status_code: int, error: str, message: str):
+        super().__init__(message)
+        self.status_code = status_code
+        self.error = error
+        self.message = message
+
+
+@dataclass(frozen=True)
+class JobParams:
+    variants: int
+    seed: int
+    height: int | None = None
+    min_height: int | None = None
+    max_height: int | None = None
+    canvas: bool = False
+
+    def as_dict(self) -> dict:
+        return {
+            "variants": self.variants,
+            "seed": self.seed,
+            "height": self.height,
+            "min_height": self.min_height,
+            "max_height": self.max_height,
+            "canvas": self.canvas,
+        }
+
+    def synthesis_args(self) -> tuple:
+        """Positional (variants, seed, height, min_height, max_height) as `augment_sources` / `write_manifest` take them."""
+        return self.variants, self.seed, self.height, self.min_height, self.max_height
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_job_id(text: str) -> bool:
+    return bool(_JOB_ID.match(text or ""))
+
+
+# -- Redis state -----------------------------------------------------------------------------------------------
+
+# Count a chunk once: SADD says whether this is the first time; only then do the counts move.
+_RECORD_CHUNK = """
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+if added == 1 then
+  redis.call('HINCRBY', KEYS[1], 'done', tonumber(ARGV[2]))
+  redis.call('HINCRBY', KEYS[1], 'failed', tonumber(ARGV[3]))
+  for i = 5, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+end
+return {added, redis.call('SCARD', KEYS[2]), tonumber(redis.call('HGET', KEYS[1], 'chunks_total') or '0')}
+"""
+
+# Move a job to a new state only from one of the allowed states; count the event once.
+_TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {0, ''} end
+for i = 3, #ARGV do
+  if state == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2])
+    if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+      redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
+      redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+    end
+    return {1, ARGV[1]}
+  end
+end
+return {0, state}
+"""
+
+
+def redis_client(url: str, timeout: float | None = 5.0) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30
+    )
+
+
+class JobStore:
+    """Job state in Redis hashes; shared by the API (create, read, cancel) and the workers (progress, finish)."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "lrface:"):
+        self.redis = client
+        self.prefix = prefix
+        self._record_chunk = client.register_script(_RECORD_CHUNK)
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "JobStore":
+        if not settings.job_state_url:
+            raise RuntimeError("no Redis configured for job state (LRFACE_REDIS_URL / LRFACE_BROKER_URL)")
+        return cls(redis_client(settings.job_state_url), settings.key_prefix)
+
+    def key(self, job_id: str, part: str = "") -> str:
+        return f"{self.prefix}job:{job_id}" + (f":{part}" if part else "")
+
+    def create(self, job_id: str, *, params: JobParams, input_dir: Path, output_dir: Path, input_label: str,
+               sources: list[str], failures: list[dict], chunks_total: int) -> None:
+        now = f"{time.time():.3f}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key(job_id), mapping={
+            "job_id": job_id,
+            "state": "queued",
+            "params": json.dumps(params.as_dict()),
+            "input_dir": str(input_dir),
+            "output_dir": str(output_dir),
+            "input": input_label,
+            "total": len(sources) + len(failures),
+            "done": 0,
+            "failed": len(failures),
+            "chunks_total": chunks_total,
+            "created_at": now,
+            "updated_at": now,
+        })
+        if sources:
+            for start in range(0, len(sources), 1000):
+                pipe.rpush(self.key(job_id, "sources"), *sources[start:start + 1000])
+        if failures:
+            pipe.rpush(self.key(job_id, "errors"), *[json.dumps(_error_row(f)) for f in failures])
+        pipe.zadd(f"{self.prefix}jobs", {job_id: float(now)})
+        pipe.hincrby(f"{self.prefix}stats", "created", 1)
+        pipe.execute()
+
+    def get(self, job_id: str, errors_limit: int = MAX_ERRORS_SHOWN) -> dict | None:
+        if not is_job_id(job_id):
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.key(job_id))
+        pipe.llen(self.key(job_id, "errors"))
+        pipe.scard(self.key(job_id, "chunks"))
+        if errors_limit > 0:  # (LRANGE 0 -1 would be all of them)
+            pipe.lrange(self.key(job_id, "errors"), 0, errors_limit - 1)
+        raw, n_errors, chunks_done, *rest = pipe.execute()
+        errors = rest[0] if rest else []
+        if not raw:
+            return None
+        return {
+            "job_id": job_id,
+            "state": raw.get("state", "queued"),
+            "params": json.loads(raw.get("params") or "{}"),
+            "input": raw.get("input", ""),
+            "input_dir": raw.get("input_dir", ""),
+            "output_dir": raw.get("output_dir", ""),
+            "total": int(raw.get("total", 0)),
+            "done": int(raw.get("done", 0)),
+            "failed": int(raw.get("failed", 0)),
+            "chunks_total": int(raw.get("chunks_total", 0)),
+            "chunks_done": int(chunks_done),
+            "errors": [json.loads(e) for e in errors],
+            "errors_total": int(n_errors),
+            "error": raw.get("error") or None,
+            "model_id": raw.get("model_id") or None,
+            "created_at": float(raw.get("created_at", 0)),
+            "updated_at": float(raw.get("updated_at", 0)),
+            "finished_at": float(raw["finished_at"]) if raw.get("finished_at") else None,
+        }
+
+    def sources(self, job_id: str) -> list[str]:
+        return self.redis.lrange(self.key(job_id, "sources"), 0, -1)
+
+    def failures(self, job_id: str) -> list[dict]:
+        return [json.loads(e) for e in self.redis.lrange(self.key(job_id, "errors"), 0, -1)]
+
+    def exists(self, job_id: str) -> bool:
+        return is_job_id(job_id) and bool(self.redis.exists(self.key(job_id)))
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return bool(self.redis.exists(self.key(job_id, "cancel")))
+
+    def transition(self, job_id: str, to_state: str, from_states: tuple[str, ...]) -> tuple[bool, str]:
+        changed, state = self._transition(
+            keys=[self.key(job_id), f"{self.prefix}stats"], args=[to_state, f"{time.time():.3f}", *from_states]
+        )
+        return bool(changed), state
+
+    def mark_running(self, job_id: str, model_id: str | None = None) -> None:
+        self.transition(job_id, "running", ("queued",))
+        if model_id:
+            self.redis.hsetnx(self.key(job_id), "model_id", model_id)
+
+    def cancel(self, job_id: str) -> tuple[bool, str]:
+        """Raise the cancel flag first (so no chunk starts work after this returns), then move the state."""
+        self.redis.set(self.key(job_id, "cancel"), "1")
+        return self.transition(job_id, "cancelled", ("queued", "running"))
+
+    def fail(self, job_id: str, message: str) -> None:
+        self.redis.hset(self.key(job_id), "error", message[:2000])
+        self.transition(job_id, "failed", ("queued", "running"))
+
+    def record_chunk(self, job_id: str, chunk_index: int, results: list[dict]) -> tuple[bool, int, int]:
+        """Count a finished chunk's results once. Returns (first time?, chunks done, chunks total)."""
+        failures = [r for r in results if r.get("status") == "failed"]
+        done = len(results) - len(failures)
+        added, chunks_done, chunks_total = self._record_chunk(
+            keys=[self.key(job_id), self.key(job_id, "chunks"), self.key(job_id, "errors")],
+            args=[int(chunk_index), done, len(failures), f"{time.time():.3f}", *[json.dumps(_error_row(f)) for f in failures]],
+        )
+        return bool(added), int(chunks_done), int(chunks_total)
+
+    def stats(self) -> dict[str, int]:
+        raw = self.redis.hgetall(f"{self.prefix}stats")
+        counts = {"created": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+        counts.update({k: int(v) for k, v in raw.items()})
+        return counts
+
+
+def _error_row(failure: dict) -> dict:
+    return {
+        "source": failure.get("source", ""),
+        "reason": failure.get("reason", "unreadable"),
+        "message": failure.get("message", ""),
+    }
+
+
+# -- safe input folders ----------------------------------------------------------------------------------------
+
+def resolve_input_dir(data_root: Path, relative: str) -> Path:
+    """A folder named relative to the data root, checked: relative, no '..', inside the root after symlinks."""
+    text = (relative or "").strip()
+    if not text or "\x00" in text:
+        raise JobInputError(400, "invalid_path", "input_dir must be a non-empty path relative to the data root")
+    if text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", text) or PurePosixPath(text).is_absolute():
+        raise JobInputError(400, "invalid_path", "input_dir must be relative to the data root, not an absolute path")
+    parts = re.split(r"[\\/]+", text)
+    if ".." in parts:
+        raise JobInputError(400, "invalid_path", "input_dir must not contain '..'")
+    root = data_root.resolve()
+    target = (root / Path(*[p for p in parts if p not in ("", ".")] or ["."])).resolve()
+    if not _is_within(target, root):
+        raise JobInputError(403, "forbidden_path", "input_dir resolves outside the data root")
+    if not target.is_dir():
+        raise JobInputError(400, "input_not_found", f"input_dir {text!r} is not a folder under the data root")
+    return target
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def plan_job_sources(input_dir: Path, output_dir: Path, allowed_root: Path) -> tuple[list[str], list[dict]]:
+    """Sources of a job and up-front failures: name collisions, and files that resolve outside the allowed root."""
+    from service.offline import plan_sources
+
+    failures: list[dict] = []
+    planned = plan_sources(input_dir, output_dir, errors=failures)
+    root = allowed_root.resolve()
+    sources = []
+    for rel in planned:
+        if _is_within((input_dir / rel).resolve(), root):
+            sources.append(rel)
+        else:
+            failures.append({"source": rel, "status": "failed", "reason": "outside_root",
+                             "message": "the file is a link to a place outside the data root"})
+    return sources, failures
+
+
+def chunked(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+# -- safe archives ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_members: int
+    max_total_bytes: int
+    max_ratio: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ArchiveLimits":
+        return cls(settings.max_archive_members, settings.max_archive_total_bytes, settings.max_archive_ratio)
+
+
+def _unsafe(message: str) -> JobInputError:
+    return JobInputError(400, "unsafe_archive", message)
+
+
+def _member_parts(name: str) -> list[str]:
+    """The path parts of an archive member, or an error when it could land outside the target folder."""
+    if "\x00" in name or "\\" in name:
+        raise _unsafe(f"member {name!r}: backslashes and NUL bytes are not accepted in names")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise _unsafe(f"member {name!r}: absolute paths are not accepted")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise _unsafe(f"member {name!r}: '..' would escape the target folder")
+    return parts
+
+
+class _SizeBudget:
+    """Running totals of an archive's declared sizes against the limits; raises as soon as one is exceeded."""
+
+    def __init__(self, archive_bytes: int, limits: ArchiveLimits):
+        self.archive_bytes = max(archive_bytes, 1)
+        self.limits = limits
+        self.total = 0
+
+    def add(self, parts: list[str], size: int, packed: int | None) -> None:
+        limits = self.limits
+        if packed is not None and size > _RATIO_FLOOR and size > limits.max_ratio * max(packed, 1):
+            raise JobInputError(413, "archive_too_large",
+                                f"member {'/'.join(parts)!r} expands {size / max(packed, 1):.0f}x; the limit is {limits.max_ratio:g}x")
+        self.total += size
+        if self.total > limits.max_total_bytes:
+            raise JobInputError(413, "archive_too_large",
+                                f"the archive expands to more than {limits.max_total_bytes} bytes")
+        if self.total > _RATIO_FLOOR and self.total > limits.max_ratio * self.archive_bytes:
+            raise JobInputError(413, "archive_too_large",
+                                f"the archive expands more than {limits.max_ratio:g}x")
+
+
+def _too_many(limits: ArchiveLimits) -> JobInputError:
+    return JobInputError(413, "archive_too_large", f"the archive has more than {limits.max_members} members")
+
+
+def _write_member(dest: Path, parts: list[str], stream, size: int) -> None:
+    target = dest.joinpath(*parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: a second member with the same name is refused; O_NOFOLLOW: never write through a link.
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileExistsError:
+        raise _unsafe(f"member {'/'.join(parts)!r} appears twice") from None
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        while True:
+            block = stream.read(_COPY_BLOCK)
+            if not block:
+                break
+            written += len(block)
+            if written > size:  # never trust a header further than its own size
+                raise _unsafe(f"member {'/'.join(parts)!r} holds more data than its header says")
+            out.write(block)
+
+
+def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
+    """Extract a zip or tar(.gz/.bz2/.xz) into the empty folder `dest` after checking every member first.
+
+    Refused (nothing extracted): names that are absolute or contain '..', links of any kind, device files and
+    FIFOs, encrypted zip members, more than `max_members` members, more than `max_total_bytes` uncompressed, or
+    a compression ratio above `max_ratio`. Returns the number of files written.
+    """
+    archive_bytes = archive.stat().st_size
+    with open(archive, "rb") as f:
+        magic = f.read(4)
+    dest.mkdir(parents=True, exist_ok=True)
+    if magic[:2] == b"PK":
+        return _extract_zip(archive, dest, archive_bytes, limits)
+    try:
+        is_tar = tarfile.is_tarfile(archive)
+    except Exception:
+        is_tar = False
+    if is_tar:
+        return _extract_tar(archive, dest, archive_bytes, limits)
+    raise JobInputError(415, "unsupported_archive", "the upload is not a zip or tar archive")
+
+
+def _extract_zip(archive: Path, dest: Path, archive_bytes: int, limits: ArchiveLimits) -> int:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError):
+        raise JobInputError(400, "bad_archive", "the zip archive is corrupt") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > limits.max_members:
+            raise _too_many(limits)
+        members = []
+        budget = _SizeBudget(archive_bytes, limits)
+        for info in infos:
+            parts = _member_parts(info.filename)
+            mode = info.external_attr >> 16
+            kind = stat.S_IFMT(mode)
+            if stat.S_ISLNK(mode):
+                raise _unsafe(f"member {info.filename!r} is a symbolic link")
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise _unsafe(f"member {info.filename!r} is not a regular file or folder")
+            if info.flag_bits & 0x1:
+                raise _unsafe(f"member {info.filename!r} is encrypted")
+            members.append((parts, info.is_dir(), info.file_size, info.compress_size))
+            budget.add(parts, info.file_size, info.compress_size)
+        written = 0
+        try:
+            for info, (parts, is_dir, size, _) in zip(infos, members):
+                if not parts:
+                    continue
+                if is_dir:
+                    dest.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                    continue
+                with zf.open(info) as stream:
+                    _write_member(dest, parts, stream, size)
+                written += 1
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+            if isinstance(exc, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+                raise _unsafe(f"the archive's members overlap each other: {exc}") from None
+            raise JobInputError(400, "bad_archive", f"the zip archive is corrupt: {exc}") from None
+    return written
+
+
+def _extract_tar(archive: Path, dest: Path, archive_bytes: int, limits: ArchiveLimits) -> int:
+    try:
+        tf = tarfile.open(archive, mode="r:*")
+    except (tarfile.TarError, OSError, EOFError):
+        raise JobInputError(400, "bad_archive", "the tar archive is corrupt") from None
+    with tf:
+        infos, members = [], []
+        budget = _SizeBudget(archive_bytes, limits)
+        try:
+            for info in tf:  # read headers one at a time, so a million-member archive stops at the limit
+                if len(infos) >= limits.max_members:
+                    raise _too_many(limits)
+                parts = _member_parts(info.name)
+                if info.issym() or info.islnk():
+                    raise _unsafe(f"member {info.name!r} is a link")
+                if not (info.isreg() or info.isdir()) or info.issparse():
+                    raise _unsafe(f"member {info.name!r} is not a regular file or folder")
+                infos.append(info)
+                # A tar has no per-member compressed size: the whole (compressed) archive is the yardstick.
+                # Checked as headers come, before the next header is read, so a bomb is never inflated.
+                members.append((parts, info.isdir(), info.size, None))
+                budget.add(parts, info.size, None)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise JobInputError(400, "bad_archive", f"the tar archive is corrupt: {exc}") from None
+        written = 0
+        try:
+            for info, (parts, is_dir, size, _) in zip(infos, members):
+                if not parts:
+                    continue
+                if is_dir:
+                    dest.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                    continue
+                stream = tf.extractfile(info)
+                if stream is None:
+                    raise _unsafe(f"member {info.name!r} has no data")
+                with stream:
+                    _write_member(dest, parts, stream, size)
+                written += 1
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            if isinstance(exc, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+                raise _unsafe(f"the archive's members overlap each other: {exc}") from None
+            raise JobInputError(400, "bad_archive", f"the tar archive is corrupt: {exc}") from None
+    return written
+
+
+# -- creating and finishing jobs -------------------------------------------------------------------------------
+
+def job_output_dir(settings: Settings, job_id: str) -> Path:
+    return settings.jobs_root_path / job_id
+
+
+def submit_job(store: JobStore, settings: Settings, *, job_id: str, params: JobParams, input_dir: Path,
+               allowed_root: Path, input_label: str, enqueue) -> dict:
+    """Plan the sources, store the job, and fan out one task per chunk with `enqueue(job_id, index, paths)`."""
+    output_dir = job_output_dir(settings, job_id)
+    sources, failures = plan_job_sources(input_dir, output_dir, allowed_root)
+    if not sources:
+        detail = f" ({len(failures)} files could not be used)" if failures else ""
+        raise JobInputError(422, "no_images", f"no images were found in the job's input{detail}")
+    chunks = chunked(sources, settings.chunk_size)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    store.create(job_id, params=params, input_dir=input_dir, output_dir=output_dir, input_label=input_label,
+                 sources=sources, failures=failures, chunks_total=len(chunks))
+    try:
+        for index, paths in enumerate(chunks):
+            enqueue(job_id, index, paths)
+    except Exception as exc:
+        try:
+            store.fail(job_id, f"the broker refused the job's tasks: {exc}")
+        except Exception:
+            pass  # the broker and the job store are often the same Redis
+        raise JobInputError(503, "broker_unavailable", "the job could not be queued: the broker is unreachable") from None
+    return store.get(job_id)
+
+
+def remove_stray_temps(output_dir: Path) -> int:
+    """Temp files left by a worker killed mid-write (they are never renamed into place)."""
+    removed = 0
+    for dirpath, _, filenames in os.walk(output_dir):
+        for name in filenames:
+            if _STRAY_TEMP.match(name):
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

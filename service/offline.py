@@ -1,0 +1,416 @@
+"""Offline commands on folders: `lrface augment`, `lrface synth` and `lrface embed` (onnxruntime, no torch).
+
+The reusable steps of a bulk augmentation are plain functions so that the Celery bulk jobs
+(`service/tasks.py`) can run them on chunks of a folder and get the same files as the CLI:
+
+    rel_paths = plan_sources(input_dir, output_dir)                  # once per job: sorted relative paths
+    results = augment_sources(synth, input_dir, output_dir, chunk, variants, seed, ...)   # per chunk, idempotent
+    write_errors(output_dir, [r for r in all_results if r["status"] == "failed"])         # once, at the end
+    write_manifest(synth, output_dir, rel_paths, variants, seed, ...)                     # once, at the end
+
+Every output depends only on (relative path, seed, k) and the model (docs/ARCHITECTURE.md, "Reproducible
+randomness"), so chunks may run in any order, on any worker, and be retried: existing outputs are skipped and
+every file is written to a temp name and renamed.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from models.face import MIN_INPUT_HEIGHT, ImageDecodeError, encode_png, lr_width_for_height, read_image
+from service.inference import MAX_HEIGHT, MIN_HEIGHT, Embedder, ModelNotFoundError, Synthesizer, execution_providers
+from training.data import IMAGE_EXTENSIONS
+
+MANIFEST_NAME = "manifest.jsonl"
+ERRORS_NAME = "errors.jsonl"
+
+
+# -- folders and files -----------------------------------------------------------------------------------------
+
+def find_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[str]:
+    """Relative paths ('/'-separated, with extension) of every image file under root, sorted.
+
+    `exclude` is a folder that is not walked (an output folder inside the input folder).
+    """
+    root = Path(root)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if skip is not None:
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d).resolve() != skip]
+        for name in filenames:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def output_path(rel_path: str, k: int) -> str:
+    """Output of variant k of a source, relative to the output folder: `<rel without extension>_<k>.png`."""
+    stem = rel_path.rsplit(".", 1)[0] if "." in rel_path.rsplit("/", 1)[-1] else rel_path
+    return f"{stem}_{k}.png"
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to a temp file in the same folder and rename it over `path` (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    write_atomic(path, "".join(lines).encode("utf-8"))
+    return len(lines)
+
+
+def read_face(path: str | os.PathLike) -> np.ndarray:
+    """Read a face with the shared decoder; raises ImageDecodeError (or OSError) when it cannot be used."""
+    rgb = read_image(path)
+    if rgb.shape[0] < MIN_INPUT_HEIGHT:
+        raise ImageDecodeError("too_small", f"image is {rgb.shape[0]} px high; at least {MIN_INPUT_HEIGHT} px are needed")
+    return rgb
+
+
+def _failure(rel_path: str, exc: Exception) -> dict:
+    if isinstance(exc, ImageDecodeError):
+        return {"source": rel_path, "status": "failed", "reason": exc.reason, "message": exc.message}
+    return {"source": rel_path, "status": "failed", "reason": "unreadable", "message": str(exc)}
+
+
+# -- bulk augmentation -----------------------------------------------------------------------------------------
+
+def plan_sources(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
+                 errors: list[dict] | None = None) -> list[str]:
+    """The sources of an augmentation run: image paths under input_dir relative to it, sorted.
+
+    An output_dir inside input_dir is not walked. Two sources whose outputs would share a name (`a.jpg` and
+    `a.png` in one folder) cannot both be written: the first in sorted order is kept, each other one is left
+    out and, when `errors` is given, appended to it as a failure (reason "name_collision").
+    """
+    paths = find_images(input_dir, exclude=output_dir)
+    kept, owner = [], {}
+    for rel in paths:
+        stem = output_path(rel, 0)
+        if stem in owner:
+            if errors is not None:
+                errors.append({"source": rel, "status": "failed", "reason": "name_collision",
+                               "message": f"its outputs would overwrite those of {owner[stem]}"})
+            continue
+        owner[stem] = rel
+        kept.append(rel)
+    return kept
+
+
+def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                    rel_paths: list[str], variants: int, seed: int = 0, height: int | None = None,
+                    min_height: int | None = None, max_height: int | None = None, canvas: bool = False, *,
+                    progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Write the K variants of each source in `rel_paths`; one result dict per source, in order.
+
+    Result: `{"source", "status": "done" | "skipped" | "failed", "outputs": [paths relative to output_dir]}`,
+    plus `"reason"` (a short code such as "not_an_image", "corrupt", "too_small") and `"message"` when failed.
+    A source is skipped when all its K outputs exist; otherwise its missing outputs are written (atomically).
+    Unreadable sources are failures, never exceptions. Invalid arguments raise ValueError before any work.
+    `progress(n)` is called as sources finish (for a progress bar or a task's state).
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if isinstance(variants, bool) or not isinstance(variants, int) or variants < 1:
+        raise ValueError(f"variants must be an integer >= 1, not {variants!r}")
+    synth.variant_params("", seed, 0, height, min_height, max_height)  # raises on invalid height arguments
+    results: dict[str, dict] = {}
+    pending = []
+    for rel in rel_paths:
+        outputs = [output_path(rel, k) for k in range(variants)]
+        if all((output_dir / o).is_file() for o in outputs):
+            results[rel] = {"source": rel, "status": "skipped", "outputs": outputs}
+            if progress:
+                progress(1)
+        else:
+            pending.append(rel)
+    per_call = max(1, synth.max_batch // variants)
+    for start in range(0, len(pending), per_call):
+        faces, keys = [], []
+        for rel in pending[start:start + per_call]:
+            try:
+                faces.append(read_face(input_dir / rel))
+                keys.append(rel)
+            except (ImageDecodeError, OSError) as exc:
+                results[rel] = _failure(rel, exc)
+                if progress:
+                    progress(1)
+        made = synth.synthesize(faces, keys=keys, variants=variants, seed=seed, height=height,
+                                min_height=min_height, max_height=max_height, canvas=canvas) if faces else []
+        for rel, rel_variants in zip(keys, made):
+            outputs = []
+            for v in rel_variants:
+                out = output_path(rel, v.k)
+                if not (output_dir / out).is_file():
+                    write_atomic(output_dir / out, encode_png(v.image))
+                outputs.append(out)
+            results[rel] = {"source": rel, "status": "done", "outputs": outputs}
+            if progress:
+                progress(1)
+    return [results[rel] for rel in rel_paths]
+
+
+def manifest_rows(synth: Synthesizer, output_dir: str | os.PathLike, rel_paths: list[str], variants: int,
+                  seed: int = 0, height: int | None = None, min_height: int | None = None,
+                  max_height: int | None = None) -> list[dict]:
+    """Manifest lines for the (source, k) pairs whose output exists, in (source, k) order.
+
+    `height` / `width` are the simulated LR capture size (recomputed with `variant_params`, which is
+    deterministic); with canvas outputs the image on disk is 112x96 but the line still gives that LR size.
+    """
+    output_dir = Path(output_dir)
+    rows = []
+    for rel in sorted(rel_paths):
+        for k in range(variants):
+            out = output_path(rel, k)
+            if not (output_dir / out).is_file():
+                continue
+            h = int(height) if height is not None else synth.variant_params(rel, seed, k, None, min_height, max_height)[0]
+            rows.append({"source": rel, "output": out, "k": k, "seed": int(seed), "height": h,
+                         "width": lr_width_for_height(h)})
+    return rows
+
+
+def write_manifest(synth: Synthesizer, output_dir: str | os.PathLike, rel_paths: list[str], variants: int,
+                   seed: int = 0, height: int | None = None, min_height: int | None = None,
+                   max_height: int | None = None) -> int:
+    """Rewrite `output_dir/manifest.jsonl` from scratch (atomically) from the outputs on disk; returns its line count.
+
+    Pass the whole run's `rel_paths` (from `plan_sources`), not a chunk: the file describes the whole folder.
+    Idempotent: the same outputs on disk give the same bytes.
+    """
+    rows = manifest_rows(synth, output_dir, rel_paths, variants, seed, height, min_height, max_height)
+    return _write_jsonl(Path(output_dir) / MANIFEST_NAME, rows)
+
+
+def write_errors(output_dir: str | os.PathLike, failures: list[dict]) -> None:
+    """Rewrite `output_dir/errors.jsonl` with one `{"source", "reason", "message"}` line per failure (sorted by
+    source); removes a stale file when there are none."""
+    path = Path(output_dir) / ERRORS_NAME
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    rows = [{"source": f["source"], "reason": f.get("reason", "unreadable"), "message": f.get("message", "")}
+            for f in sorted(failures, key=lambda f: f["source"])]
+    _write_jsonl(path, rows)
+
+
+# -- command line ----------------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit status 1 on invalid arguments (the lrface offline commands' convention)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser, name: str, default_batch: int) -> None:
+    p.add_argument("--model", metavar="PATH", help=f"ONNX model (its JSON sidecar next to it); default: the shipped models/weights/{name}.onnx")
+    p.add_argument("--batch-size", type=_positive, default=default_batch, metavar="N", help=f"faces per model call (default {default_batch})")
+    p.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="execution provider (default auto: CUDA when available)")
+
+
+def _add_synthesis_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variants", "-k", type=_positive, required=True, metavar="K", help="LR variants per face")
+    p.add_argument("--seed", type=_non_negative, default=0, metavar="S", help="run seed (default 0); same seed, same files")
+    p.add_argument("--height", type=int, metavar="H", help="fixed LR height in px (default: drawn per variant from the model's height distribution)")
+    p.add_argument("--min-height", type=int, metavar="A", help="lowest LR height to draw")
+    p.add_argument("--max-height", type=int, metavar="B", help="highest LR height to draw")
+    p.add_argument("--canvas", action="store_true", help="write 112x96 canvases instead of native LR sizes")
+    _add_model_args(p, "mrgan", 32)
+
+
+def _load_synthesizer(args) -> Synthesizer:
+    if args.height is not None and (args.min_height is not None or args.max_height is not None):
+        raise _UsageError("give either --height or --min-height / --max-height, not both")
+    for flag, value in (("--height", args.height), ("--min-height", args.min_height), ("--max-height", args.max_height)):
+        if value is not None and not MIN_HEIGHT <= value <= MAX_HEIGHT:
+            raise _UsageError(f"{flag} must be within [{MIN_HEIGHT}, {MAX_HEIGHT}] px, not {value}")
+    synth = Synthesizer(args.model, providers=execution_providers(args.device), threads=args.threads,
+                        max_batch=args.batch_size)
+    try:
+        synth.variant_params("", args.seed, 0, args.height, args.min_height, args.max_height)
+    except ValueError as exc:
+        raise _UsageError(str(exc).replace("min_height", "--min-height").replace("max_height", "--max-height")) from None
+    return synth
+
+
+def _run(prog: str, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except (_UsageError, ModelNotFoundError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def main_augment(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="lrface augment", description="Write K realistic LR variants of every face under INPUT_DIR "
+                "to OUTPUT_DIR/<relative path without extension>_<k>.png, plus OUTPUT_DIR/manifest.jsonl. "
+                "Resumable: faces whose K outputs exist are skipped.")
+    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of aligned HR faces (walked recursively)")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the variants go (may be inside INPUT_DIR; it is not walked)")
+    _add_synthesis_args(p)
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
+        if not input_dir.is_dir():
+            raise _UsageError(f"input folder {input_dir} does not exist or is not a folder")
+        if output_dir.resolve() == input_dir.resolve():
+            raise _UsageError("OUTPUT_DIR must differ from INPUT_DIR")
+        failures: list[dict] = []
+        sources = plan_sources(input_dir, output_dir, errors=failures)
+        if not sources and not failures:
+            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}")
+        synth = _load_synthesizer(args)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for f in failures:
+            tqdm.write(f"lrface augment: skipping {f['source']}: {f['message']}", file=sys.stderr)
+        with tqdm(total=len(sources), unit="face", desc="augment", file=sys.stderr) as bar:
+            # Chunks bound the work between reports so failures show up as they happen.
+            results = []
+            for start in range(0, len(sources), 256):
+                chunk = augment_sources(synth, input_dir, output_dir, sources[start:start + 256], args.variants,
+                                        args.seed, args.height, args.min_height, args.max_height, args.canvas,
+                                        progress=bar.update)
+                for r in chunk:
+                    if r["status"] == "failed":
+                        tqdm.write(f"lrface augment: cannot read {r['source']}: {r['message']} ({r['reason']})", file=sys.stderr)
+                results += chunk
+        failures += [r for r in results if r["status"] == "failed"]
+        write_errors(output_dir, failures)
+        lines = write_manifest(synth, output_dir, sources, args.variants, args.seed, args.height,
+                               args.min_height, args.max_height)
+        done = sum(r["status"] == "done" for r in results)
+        skipped = sum(r["status"] == "skipped" for r in results)
+        print(f"augment: {done} done, {skipped} skipped, {len(failures)} failed; "
+              f"{lines} variants in {output_dir / MANIFEST_NAME}"
+              + (f"; failures in {output_dir / ERRORS_NAME}" if failures else ""))
+        return 0
+
+    return _run("lrface augment", body)
+
+
+def main_synth(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="lrface synth", description="Write K realistic LR variants of one aligned HR face to "
+                "DIR/<stem>_<k>.png, plus DIR/manifest.jsonl. Same files as `lrface augment` on its folder.")
+    p.add_argument("image", metavar="IMAGE", help="aligned HR face image")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_synthesis_args(p)
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        image = Path(args.image)
+        if not image.is_file():
+            raise _UsageError(f"image {image} does not exist")
+        synth = _load_synthesizer(args)
+        out = Path(args.out)
+        (result,) = augment_sources(synth, image.parent, out, [image.name], args.variants, args.seed, args.height,
+                                    args.min_height, args.max_height, args.canvas)
+        if result["status"] == "failed":
+            print(f"lrface synth: cannot read {image}: {result['message']} ({result['reason']})", file=sys.stderr)
+            return 1
+        write_manifest(synth, out, [image.name], args.variants, args.seed, args.height, args.min_height, args.max_height)
+        for o in result["outputs"]:
+            print(out / o)
+        return 0
+
+    return _run("lrface synth", body)
+
+
+def main_embed(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="lrface embed", description="Embed every face under INPUT_DIR into an .npz with `paths` "
+                "(relative, '/'-separated) and `embeddings` (N x D float32, L2-normalised).")
+    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of faces (any sizes, walked recursively)")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+    _add_model_args(p, "embedder", 64)
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        input_dir, out = Path(args.input_dir), Path(args.out)
+        if not input_dir.is_dir():
+            raise _UsageError(f"input folder {input_dir} does not exist or is not a folder")
+        sources = find_images(input_dir)
+        if not sources:
+            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}")
+        embedder = Embedder(args.model, providers=execution_providers(args.device), threads=args.threads,
+                            max_batch=args.batch_size)
+        paths: list[str] = []
+        blocks: list[np.ndarray] = []
+        failed = 0
+        with tqdm(total=len(sources), unit="face", desc="embed", file=sys.stderr) as bar:
+            for start in range(0, len(sources), args.batch_size):
+                faces = []
+                for rel in sources[start:start + args.batch_size]:
+                    try:
+                        faces.append(read_face(input_dir / rel))
+                        paths.append(rel)
+                    except (ImageDecodeError, OSError) as exc:
+                        failed += 1
+                        r = _failure(rel, exc)
+                        tqdm.write(f"lrface embed: cannot read {rel}: {r['message']} ({r['reason']})", file=sys.stderr)
+                if faces:
+                    blocks.append(embedder.embed(faces))
+                bar.update(len(sources[start:start + args.batch_size]))
+        embeddings = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, paths=np.array(paths, dtype=np.str_), embeddings=embeddings.astype(np.float32))
+        write_atomic(out, buf.getvalue())
+        print(f"embed: {len(paths)} faces ({embedder.model_id}, dim {embedder.dim}) -> {out}; {failed} failed")
+        return 0
+
+    return _run("lrface embed", body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m service.offline augment|synth|embed ...` (the same as `lrface ...`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"augment": main_augment, "synth": main_synth, "embed": main_embed}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m service.offline {augment,synth,embed} ...", file=sys.stderr)
+        return 1
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

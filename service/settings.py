@@ -1,0 +1,123 @@
+"""The one settings object of the service (API, workers, `lrface serve`), read from `LRFACE_*` environment variables."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_list(value):
+    # Lists come from the environment as "a,b,c" or as a JSON array.
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return [str(v).strip() for v in json.loads(text) if str(v).strip()]
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LRFACE_", extra="ignore", case_sensitive=False)
+
+    # --- models -------------------------------------------------------------------------------------
+    mrgan_model_path: Path | None = Field(None, description="MR-GAN ONNX; None -> models/weights/mrgan.onnx")
+    embedder_model_path: Path | None = Field(None, description="embedder ONNX; None -> models/weights/embedder.onnx")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["auto"],
+        description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', or onnxruntime provider names in order",
+    )
+    threads: int | None = Field(None, ge=1, description="intra-op threads per ONNX session (None = onnxruntime default)")
+    synth_max_batch: int = Field(32, ge=1)
+    embed_max_batch: int = Field(64, ge=1)
+    load_models_on_startup: bool = True
+
+    # --- broker and job state ---------------------------------------------------------------------
+    broker_url: str | None = Field(None, description="Celery broker (Redis); None -> `lrface serve` starts an embedded one")
+    redis_url: str | None = Field(None, description="Redis for job state; None -> the broker URL")
+    key_prefix: str = Field("lrface:", description="prefix of every job-state key in Redis")
+    queue: str = Field("lrface", description="Celery queue of the bulk-job tasks")
+    broker_visibility_timeout: int = Field(
+        3600, ge=1, description="seconds before a task taken by a worker that died is handed to another worker"
+    )
+    chunk_size: int = Field(64, ge=1, description="source images per bulk-job task")
+    chunk_max_retries: int = Field(2, ge=0)
+
+    # --- file system --------------------------------------------------------------------------------
+    state_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "lrface",
+        description="embedded Redis data and socket",
+    )
+    data_root: Path | None = Field(None, description="jobs may only read input folders under this root; None -> STATE_DIR/data")
+    jobs_root: Path | None = Field(None, description="job outputs go to JOBS_ROOT/<job_id>/; None -> STATE_DIR/jobs")
+    uploads_root: Path | None = Field(None, description="uploaded job archives are extracted here; None -> JOBS_ROOT/_uploads")
+
+    # --- limits -------------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded image file")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width x height of a decoded image")
+    max_variants: int = Field(64, ge=1)
+    max_embed_images: int = Field(32, ge=1, description="images per /v1/embed request")
+    max_archive_bytes: int = Field(512 * 1024 * 1024, ge=1, description="uploaded job archive, compressed")
+    max_archive_members: int = Field(10_000, ge=1)
+    max_archive_total_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1, description="sum of uncompressed member sizes")
+    max_archive_ratio: float = Field(100.0, gt=0, description="uncompressed / compressed size, whole archive and each member")
+
+    # --- HTTP ---------------------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted bearer tokens (comma-separated); empty = authentication off"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = CORS off")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("providers", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value):
+        return _split_list(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("broker_url", "redis_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
+    # Resolved paths: every caller uses these, never the raw optional fields.
+    @property
+    def data_root_path(self) -> Path:
+        return (self.data_root or self.state_dir / "data").expanduser().resolve()
+
+    @property
+    def jobs_root_path(self) -> Path:
+        return (self.jobs_root or self.state_dir / "jobs").expanduser().resolve()
+
+    @property
+    def uploads_root_path(self) -> Path:
+        return (self.uploads_root or self.jobs_root_path / "_uploads").expanduser().resolve()
+
+    @property
+    def job_state_url(self) -> str | None:
+        return self.redis_url or self.broker_url
+
+    def onnx_providers(self) -> list[str]:
+        """Providers for onnxruntime: "auto" / "cpu" / "cuda" as `lrface --device` means them, or explicit names."""
+        from service.inference import execution_providers
+
+        names = [p for p in self.providers if p] or ["auto"]
+        if len(names) == 1 and names[0].lower() in ("auto", "cpu", "cuda"):
+            return execution_providers(names[0].lower())
+        return names
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

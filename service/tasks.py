@@ -1,0 +1,124 @@
+"""Celery tasks of the bulk jobs: thin wrappers around `service.offline`'s augmentation steps and the job store.
+
+Arguments are ids and relative paths, never pixels. Every task is idempotent: outputs already on disk are
+skipped, a chunk's counts move only the first time it is recorded, and the finalizer rebuilds the manifest
+from the files on disk, so a redelivered or retried task changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from service.celery_app import app
+from service.jobs import TERMINAL_STATES, JobParams, JobStore, remove_stray_temps
+from service.settings import get_settings
+
+log = logging.getLogger("lrface.tasks")
+
+_lock = threading.Lock()
+_synthesizer = None
+_store = None
+
+
+def get_synthesizer():
+    """The worker's one Synthesizer, loaded on first use."""
+    global _synthesizer
+    with _lock:
+        if _synthesizer is None:
+            from service.inference import Synthesizer
+
+            settings = get_settings()
+            _synthesizer = Synthesizer(settings.mrgan_model_path, providers=settings.onnx_providers(), threads=settings.threads,
+                                       max_batch=settings.synth_max_batch)
+        return _synthesizer
+
+
+def get_store() -> JobStore:
+    global _store
+    with _lock:
+        if _store is None:
+            _store = JobStore.from_settings(get_settings())
+        return _store
+
+
+def _params(job: dict) -> JobParams:
+    p = job["params"]
+    return JobParams(int(p["variants"]), int(p["seed"]), p.get("height"), p.get("min_height"), p.get("max_height"),
+                     bool(p.get("canvas")))
+
+
+def enqueue_chunk(job_id: str, chunk_index: int, rel_paths: list[str]) -> None:
+    process_chunk.apply_async(args=(job_id, chunk_index, rel_paths), queue=get_settings().queue)
+
+
+@app.task(bind=True, name="lrface.process_chunk", acks_late=True, reject_on_worker_lost=True)
+def process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) -> str:
+    """Write the variants of one chunk of a job's sources, count it once, and finalize when it is the last."""
+    from service.offline import augment_sources
+
+    store = get_store()
+    job = store.get(job_id, errors_limit=0)
+    if job is None:
+        log.warning("chunk %s of unknown job %s: dropped", chunk_index, job_id)
+        return "unknown"
+    if store.is_cancelled(job_id) or job["state"] in TERMINAL_STATES:
+        return "skipped"
+    params = _params(job)
+    try:
+        synth = get_synthesizer()
+        store.mark_running(job_id, synth.model_id)
+        results: list[dict] = []
+        # Between groups of sources the cancel flag is read again; a group is one model batch.
+        group = max(1, synth.max_batch // params.variants)
+        for start in range(0, len(rel_paths), group):
+            if store.is_cancelled(job_id):
+                return "cancelled"
+            results += augment_sources(synth, job["input_dir"], job["output_dir"], rel_paths[start:start + group],
+                                       params.variants, params.seed, params.height, params.min_height,
+                                       params.max_height, params.canvas)
+    except Exception as exc:
+        if self.request.retries < get_settings().chunk_max_retries:
+            log.warning("chunk %s of job %s failed (%s); retrying", chunk_index, job_id, exc)
+            raise self.retry(exc=exc, countdown=1 + self.request.retries)
+        log.exception("chunk %s of job %s failed for good", chunk_index, job_id)
+        store.fail(job_id, f"chunk {chunk_index} failed: {type(exc).__name__}: {exc}")
+        return "failed"
+    _, chunks_done, chunks_total = store.record_chunk(job_id, chunk_index, results)
+    if chunks_done >= chunks_total:
+        # Also when this chunk was already counted (a redelivery after a crash between counting and this
+        # line): finalizing is idempotent, and otherwise nobody would.
+        finalize_job.apply_async(args=(job_id,), queue=get_settings().queue)
+    return "done"
+
+
+@app.task(bind=True, name="lrface.finalize_job", acks_late=True, reject_on_worker_lost=True)
+def finalize_job(self, job_id: str) -> str:
+    """Rebuild the manifest (and errors.jsonl) from the outputs on disk, then mark the job finished."""
+    from service.offline import write_errors, write_manifest
+
+    store = get_store()
+    job = store.get(job_id, errors_limit=0)
+    if job is None or job["state"] in TERMINAL_STATES or store.is_cancelled(job_id):
+        return "skipped"
+    if job["chunks_done"] < job["chunks_total"]:
+        return "pending"
+    params = _params(job)
+    output_dir = Path(job["output_dir"])
+    try:
+        synth = get_synthesizer()
+        remove_stray_temps(output_dir)
+        write_errors(output_dir, store.failures(job_id))
+        write_manifest(synth, output_dir, store.sources(job_id), *params.synthesis_args())
+    except Exception as exc:
+        if self.request.retries < get_settings().chunk_max_retries:
+            raise self.retry(exc=exc, countdown=1 + self.request.retries)
+        log.exception("finalizing job %s failed", job_id)
+        store.fail(job_id, f"writing the manifest failed: {type(exc).__name__}: {exc}")
+        return "failed"
+    if job["done"] == 0 and job["failed"] > 0:
+        store.redis.hset(store.key(job_id), "error", "no source could be processed")
+        store.transition(job_id, "failed", ("queued", "running"))
+    else:
+        store.transition(job_id, "succeeded", ("queued", "running"))
+    return "finished"

@@ -1,0 +1,154 @@
+"""`lrface eval` on a small generated dev-style folder, its pair protocols and rank-1, without torch."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from training import evaluate  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def linear_embedder_onnx(path: Path, dim: int = 8) -> None:
+    """A torch-free stand-in embedder: mean-pool to 14x12, flatten, project, L2-normalise (opset 17), with the
+    JSON sidecar the inference core requires."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(3 * 14 * 12, dim)).astype(np.float32)
+    nodes = [
+        helper.make_node("AveragePool", ["face"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["raw"]),
+        helper.make_node("ReduceL2", ["raw"], ["norm"], axes=[1], keepdims=1),
+        helper.make_node("Div", ["raw", "norm"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "linear_embedder",
+        [helper.make_tensor_value_info("face", TensorProto.FLOAT, ["N", 3, 112, 96])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        [numpy_helper.from_array(weight, "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path.with_suffix(".json").write_text(json.dumps({"model_id": "linear", "dim": dim, "verify_threshold": 0.5}))
+
+
+@pytest.fixture
+def dev_folder(tmp_path):
+    """3 identities with 3 images and 2 with one image; LR captures 18-30 px high; images.csv."""
+    rng = np.random.default_rng(1)
+    rows = ["stem,identity,lr_height,lr_width"]
+    for i, count in enumerate([3, 3, 3, 1, 1]):
+        pattern = rng.integers(0, 256, (14, 12, 3))
+        ident = f"person_{i}"
+        for j in range(count):
+            img = np.clip(np.kron(pattern, np.ones((8, 8, 1))) + rng.normal(0, 25, (112, 96, 3)), 0, 255).astype(np.uint8)
+            stem = f"{ident}/{ident}_{j + 1:04d}"
+            h = int(rng.integers(18, 31))
+            w = round(h * 96 / 112)
+            for sub, image, ext in (("hr", Image.fromarray(img), ".jpg"),
+                                    ("lr", Image.fromarray(img).resize((w, h), Image.BICUBIC), ".png")):
+                (tmp_path / sub / ident).mkdir(parents=True, exist_ok=True)
+                image.save(tmp_path / sub / f"{stem}{ext}")
+            rows.append(f"{stem},{ident},{h},{w}")
+    (tmp_path / "images.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_eval_writes_metrics_roc_and_prints_row_and_threshold(dev_folder, tmp_path, capsys):
+    model = tmp_path / "linear.onnx"
+    linear_embedder_onnx(model)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--data", str(dev_folder), "--model", str(model), "--out", str(out), "--name", "lin"]) == 0
+    metrics = json.loads((out / "metrics_lin.json").read_text())
+    assert {"tar_at_far", "threshold_at_far", "pairs", "rank1_lr_vs_hr", "verify_threshold", "markdown_row"} <= set(metrics)
+    for protocol in ("hr_hr", "hr_lr", "lr_lr"):
+        assert set(metrics["tar_at_far"][protocol]) == {"1e-1", "1e-2", "1e-3", "1e-4"}
+        assert all(0.0 <= v <= 1.0 for v in metrics["tar_at_far"][protocol].values())
+    # 11 images; identities of 3 give 3*2 ordered genuine HR-LR pairs each (the same image never pairs)
+    assert metrics["pairs"]["hr_lr"] == {"genuine": 18, "impostor": 11 * 11 - 27 - 2}
+    assert metrics["pairs"]["hr_hr"] == {"genuine": 9, "impostor": 55 - 9}
+    assert metrics["rank1_probes"] == 9 and metrics["rank1_gallery_size"] == 5
+    assert 0.0 <= metrics["rank1_lr_vs_hr"] <= 1.0
+    assert metrics["verify_threshold"] == metrics["threshold_at_far"]["hr_lr"]["1e-3"]
+    assert (out / "roc_lin.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert metrics["markdown_row"] in printed and "verify_threshold:" in printed
+
+
+def test_perfect_embeddings_give_full_tar_and_rank1():
+    labels = np.array([0, 0, 1, 1, 1, 2, 3])
+    perfect = np.eye(4, dtype=np.float32)[labels]
+    genuine, impostor = evaluate.pair_scores(perfect, perfect, labels, symmetric=False)
+    tar, threshold = evaluate.tar_at_far(genuine, np.sort(impostor)[::-1], 1e-3)
+    assert tar == 1.0 and threshold == 0.0
+    rank1, probes, gallery = evaluate.rank1_lr_vs_hr(perfect, perfect, labels)
+    assert (rank1, probes, gallery) == (1.0, 5, 4)
+
+
+def test_rank1_gallery_never_holds_the_probes_own_stem():
+    labels = np.array([0, 0, 1])
+    hr = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)  # person 0's second HR looks like person 1
+    lr = hr.copy()
+    # probe 0 (person 0): gallery = HR 1 for person 0 (its own stem 0 is excluded) and HR 2 for person 1
+    # -> HR 2 scores 0.6 > HR 1's 0.0: wrong; probe 1: gallery = HR 0 (0.0) vs HR 2 (0.8): wrong
+    rank1, probes, _ = evaluate.rank1_lr_vs_hr(hr, lr, labels)
+    assert probes == 2 and rank1 == 0.0
+
+
+def test_eval_module_does_not_import_torch():
+    code = "import sys, training.evaluate; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_eval_scores_the_inference_core_and_any_embedding_function_alike(dev_folder, tmp_path):
+    from service.inference import Embedder
+
+    model = tmp_path / "linear.onnx"
+    linear_embedder_onnx(model)
+    via_model = evaluate.evaluate(dev_folder, model, batch_size=4)
+    embedder = Embedder(model, max_batch=4)  # the same batches everywhere, so the same floats
+    via_fn = evaluate.evaluate_folder(dev_folder, embedder.embed, str(model), batch_size=4)
+    _, identities, hr_paths, lr_paths = evaluate.read_dev_folder(dev_folder)
+    hr = embedder.embed([evaluate.read_image(p) for p in hr_paths])
+    lr = embedder.embed([evaluate.read_image(p) for p in lr_paths])
+    via_arrays = evaluate.evaluate_embeddings(hr, lr, identities)
+    for key in ("tar_at_far", "threshold_at_far", "pairs", "rank1_lr_vs_hr", "verify_threshold", "dim"):
+        assert via_model[key] == via_fn[key] == via_arrays[key], key
+    with pytest.raises(ValueError, match="L2-normalised"):
+        evaluate.evaluate_embeddings(2 * hr, lr, identities)
+
+
+def test_eval_without_sidecar_says_so(dev_folder, tmp_path):
+    model = tmp_path / "linear.onnx"
+    linear_embedder_onnx(model)
+    model.with_suffix(".json").unlink()
+    with pytest.raises(SystemExit, match="sidecar"):
+        evaluate.main(["--data", str(dev_folder), "--model", str(model), "--out", str(tmp_path / "eval")])
+
+
+def test_compare_dlib_imports_without_dlib():
+    code = "import sys, training.compare_dlib; sys.exit('dlib' in sys.modules or 'torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_compare_dlib_scores_the_same_pairs(dev_folder, tmp_path):
+    """Runs only where dlib is installed (its own venv, see training/compare_dlib.py)."""
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    from training import compare_dlib
+
+    model = tmp_path / "linear.onnx"
+    linear_embedder_onnx(model)
+    reference = evaluate.evaluate(dev_folder, model)
+    out = tmp_path / "eval"
+    assert compare_dlib.main(["--data", str(dev_folder), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics_dlib.json").read_text())
+    assert metrics["dim"] == 128 and metrics["pairs"] == reference["pairs"]
+    assert metrics["rank1_probes"] == reference["rank1_probes"] and "caveat" in metrics

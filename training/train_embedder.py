@@ -1,0 +1,450 @@
+"""Train a face model: Model_HR (`--mode hr`), the HR + bicubic baseline (`--mode hr_bicubic`) or Model_LR on
+MR-GAN-synthesized LR faces (`--mode lr`).
+
+    lrface train-embedder --hr DIR [--mode hr|hr_bicubic] --out runs/embedder_hr [--config embedder_base] ...
+    lrface train-embedder --mode lr --lr-dir runs/synth-hr-train [--hr DIR] --out runs/embedder_lr ...
+
+Every image lives on the device as uint8; each step gathers a batch, flips half of it, (hr_bicubic) replaces a
+fraction by a bicubic down/up-sampled copy at a random LR height, and trains backbone + margin head with
+cross-entropy. The batch order and augmentation of step k depend only on (seed, epoch, k), so a resumed run
+sees the same batches as an uninterrupted one.
+
+Also here, shared with `train_ran`: device choice, batch gathering, bicubic degradation, the metrics log,
+atomic checkpoints and the ONNX export of an embedding network (embedder contract, docs/ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import inspect
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.backbones import count_parameters, get_model
+from models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
+from training.configs import load_config
+from training.configs.embedder_base import EmbedderConfig
+from training.data import list_images, load_face_folder
+from training.losses import MarginHead, margin_loss
+
+MODES = ("hr", "hr_bicubic", "lr")
+METRIC_FIELDS = ["step", "epoch", "time", "lr", "loss", "acc", "bicubic_frac", "images_per_s"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# device, batches, augmentation (shared with train_ran)
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but CUDA is not available")
+    return torch.device(name)
+
+
+def setup_device(args: argparse.Namespace) -> tuple[torch.device, bool]:
+    """Threads, cuDNN autotuning; returns the device and whether bf16 autocast is on (CUDA only)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    use_amp = False
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        use_amp = (args.amp is not False) and torch.cuda.is_bf16_supported()
+    elif args.amp:
+        print("note: --amp is for CUDA (bf16 autocast); training in float32 on the CPU", flush=True)
+    return device, use_amp
+
+
+def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """N x H x W x 3 uint8 array -> N x 3 x H x W uint8 tensor on the device."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def gather(images_u8: torch.Tensor, index: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """A float batch in [-1, 1] from uint8 images; `flip` (bool [N]) mirrors those faces left-right."""
+    x = images_u8[index.to(images_u8.device)].float().div_(127.5).sub_(1.0)
+    flip = flip.to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def bicubic_degrade(x: torch.Tensor, heights: torch.Tensor) -> torch.Tensor:
+    """Down to each face's LR height (antialiased bicubic), back up to the 112x96 canvas (bicubic), in [-1, 1].
+
+    `heights` is a CPU int tensor [N]; faces sharing a height are resized together.
+    """
+    out = x.clone()
+    heights = heights.cpu()
+    for h in torch.unique(heights).tolist():
+        rows = (heights == h).nonzero().squeeze(1).to(x.device)
+        small = F.interpolate(x[rows], size=(h, lr_width_for_height(h)), mode="bicubic", antialias=True,
+                              align_corners=False)
+        out[rows] = F.interpolate(small, size=(FACE_HEIGHT, FACE_WIDTH), mode="bicubic",
+                                  align_corners=False).clamp_(-1.0, 1.0)
+    return out
+
+
+def step_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, keys): batches do not depend on where a run was resumed."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]))
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=step_generator(seed, 1, epoch))
+
+
+def learning_rate(base_lr: float, step: int, total_steps: int, warmup_steps: int, schedule: str,
+                  milestones: tuple[float, ...]) -> float:
+    """Linear warmup, then cosine to zero or 10x drops at the milestone fractions of training."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "step":
+        return base_lr * 0.1 ** sum(step >= f * total_steps for f in milestones)
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def build_optimizer(kind: str, groups: list[dict], lr: float, momentum: float, weight_decay: float):
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {kind!r}")
+
+
+def param_groups(*modules: nn.Module) -> list[dict]:
+    """Weight decay on conv/linear weights and class centres, none on BN/PReLU/biases."""
+    decay, no_decay = [], []
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad:
+                (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# outputs (shared with train_ran)
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if kind is not None and ckpt.get("kind") != kind:
+        raise SystemExit(f"{path} is a {ckpt.get('kind')!r} checkpoint, not {kind!r}")
+    return ckpt
+
+
+class MetricsLog:
+    """metrics.csv, appended across resumes; rows are held as device tensors and read back once per flush."""
+
+    def __init__(self, path: Path, fields: list[str]):
+        self.path, self.fields = path, fields
+        self.rows: list[tuple[dict, dict]] = []
+        if not path.exists():
+            with open(path, "w", newline="") as f:
+                csv.writer(f, lineterminator="\n").writerow(fields)
+
+    def add(self, plain: dict, tensors: dict) -> None:
+        self.rows.append((plain, {k: v.detach().float().reshape(()) for k, v in tensors.items()}))
+
+    def flush(self) -> dict:
+        """Write the buffered rows; returns the mean of each tensor column over them (plus the last plain row)."""
+        if not self.rows:
+            return {}
+        keys = sorted({k for _, t in self.rows for k in t})
+        device = next(v for _, t in self.rows for v in t.values()).device
+        nan = torch.tensor(float("nan"), device=device)
+        values = torch.stack([torch.stack([t.get(k, nan) for k in keys]) for _, t in self.rows]).cpu()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, self.fields, extrasaction="ignore", lineterminator="\n")
+            for (plain, _), row_values in zip(self.rows, values.tolist()):
+                row = dict(plain)
+                row.update({k: "" if math.isnan(v) else f"{v:.6g}" for k, v in zip(keys, row_values)})
+                w.writerow(row)
+        summary = {k: float(np.nanmean(values[:, i].numpy())) if not torch.isnan(values[:, i]).all() else float("nan")
+                   for i, k in enumerate(keys)}
+        summary.update(self.rows[-1][0])
+        self.rows = []
+        return summary
+
+
+class Progress:
+    """tqdm on a terminal, otherwise one flushed line per log interval."""
+
+    def __init__(self, total: int, initial: int, desc: str):
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def report(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class NormalisedEmbedding(nn.Module):
+    """An embedding network with the L2 normalisation inside the graph (the embedder ONNX contract)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(face), dim=1)
+
+
+def export_embedding_module(net: nn.Module, dim: int, out_path: str | os.PathLike, model_id: str,
+                            verify_threshold: float) -> Path:
+    """`face` [N, 3, 112, 96] -> `embedding` [N, D] (unit norm), opset 17, dynamic batch, + JSON sidecar."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    module = NormalisedEmbedding(net).cpu().float().eval()
+    dummy = torch.zeros(2, 3, FACE_HEIGHT, FACE_WIDTH)
+    kwargs = dict(input_names=["face"], output_names=["embedding"], opset_version=17, do_constant_folding=True,
+                  dynamic_axes={"face": {0: "batch"}, "embedding": {0: "batch"}})
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(module, (dummy,), str(tmp), **kwargs)
+    os.replace(tmp, out_path)
+    sidecar = {"model_id": model_id, "dim": int(dim), "verify_threshold": float(verify_threshold)}
+    out_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    return out_path
+
+
+def export_onnx(ckpt: dict, out_path: str | os.PathLike) -> Path:
+    """Export an `embedder` checkpoint (as loaded by torch.load) per the embedder ONNX contract."""
+    if ckpt.get("kind") != "embedder":
+        raise ValueError(f"not an embedder checkpoint (kind {ckpt.get('kind')!r})")
+    cfg = ckpt["config"]
+    net = get_model(cfg["network"], embedding_dim=cfg["embedding_dim"])
+    net.load_state_dict(ckpt["model"])
+    model_id = f"{cfg['name']}-{ckpt.get('mode', 'hr')}-{cfg['network']}-step{ckpt.get('step', 0)}"
+    return export_embedding_module(net, cfg["embedding_dim"], out_path, model_id, cfg["verify_threshold"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lrface train-embedder", description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", default="hr", choices=MODES,
+                   help="hr: HR faces only (Model_HR); hr_bicubic: HR + bicubic LR augmentation (baseline); "
+                        "lr: MR-GAN-synthesized LR faces (Model_LR)")
+    p.add_argument("--hr", help="HR faces, folder per identity (required for hr and hr_bicubic)")
+    p.add_argument("--lr-dir", help="--mode lr: synthesized LR faces (`lrface augment` output), folder per identity")
+    p.add_argument("--config", default="embedder_base", help="training/configs/NAME.py (default embedder_base)")
+    p.add_argument("--out", required=True, help="run directory: last.pt, metrics.csv")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists (else start)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop (and save) after this many steps in total")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint) after this much wall time")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (CUDA only; default on there)")
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--limit", type=int, help="load only the first N images")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--cache-dir", help="cache loaded folders as .npz here")
+    args = p.parse_args(argv)
+    if args.mode in ("hr", "hr_bicubic") and not args.hr:
+        p.error(f"--mode {args.mode} needs --hr")
+    if args.mode == "lr" and not args.lr_dir:
+        p.error("--mode lr needs --lr-dir")
+    return args
+
+
+def resolve_config(args: argparse.Namespace, base):
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.learning_rate,
+                 "seed": args.seed, "log_every": args.log_every}
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def identity_names(root: str | os.PathLike) -> list[str]:
+    """The identity list `load_face_folder(root)` would produce, from a directory scan only."""
+    root = Path(root)
+    return sorted({p.relative_to(root).as_posix().split("/")[0] if len(p.relative_to(root).parts) > 1 else ""
+                   for p in list_images(root)})
+
+
+def load_training_faces(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 images, labels and identity names for the chosen mode."""
+    if args.mode == "lr":
+        folder = load_face_folder(args.lr_dir, limit=args.limit, cache_dir=args.cache_dir)
+        identities = folder.identities
+        labels = folder.labels
+        if args.hr:  # label with the HR folder's identity indices, so Model_LR's classes line up with Model_HR's
+            identities = identity_names(args.hr)
+            index = {name: i for i, name in enumerate(identities)}
+            missing = sorted(set(folder.identities) - set(index))
+            if missing:
+                raise SystemExit(f"train-embedder: {len(missing)} identities of --lr-dir are not in --hr "
+                                 f"(e.g. {missing[:3]})")
+            labels = np.array([index[folder.identities[i]] for i in folder.labels], dtype=np.int64)
+        return folder.images, labels, identities
+    folder = load_face_folder(args.hr, limit=args.limit, cache_dir=args.cache_dir)
+    return folder.images, folder.labels, folder.identities
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device, use_amp = setup_device(args)
+
+    ckpt = None
+    if args.resume and (out / "last.pt").exists():
+        ckpt = load_checkpoint(out / "last.pt", "embedder")
+        if ckpt["mode"] != args.mode:
+            raise SystemExit(f"train-embedder: {out / 'last.pt'} was trained with --mode {ckpt['mode']}, "
+                             f"not {args.mode}")
+        base = EmbedderConfig(**ckpt["config"])
+    else:
+        if args.resume:
+            print(f"train-embedder: no {out / 'last.pt'} yet; starting a new run", flush=True)
+        base = load_config(args.config)
+        if not isinstance(base, EmbedderConfig):
+            raise SystemExit(f"train-embedder: config {args.config!r} is not an EmbedderConfig")
+    cfg = resolve_config(args, base)
+
+    # data: every image as uint8 on the device
+    t0 = time.time()
+    images_np, labels_np, identities = load_training_faces(args)
+    if ckpt is not None and ckpt["identities"] != identities:
+        raise SystemExit("train-embedder: the data's identities differ from the checkpoint's (other --hr/--limit?)")
+    images = to_device_uint8(images_np, device)
+    labels = torch.from_numpy(labels_np).to(device)
+    n = len(labels)
+    batch_size = max(2, min(cfg.batch_size, n))  # BatchNorm needs two faces
+    steps_per_epoch = max(1, n // batch_size)
+    total_steps = cfg.epochs * steps_per_epoch  # the learning-rate schedule's length
+    stop_at = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
+
+    # model, head, optimizer
+    net = get_model(cfg.network, embedding_dim=cfg.embedding_dim).to(device)
+    head = MarginHead(len(identities), cfg.embedding_dim, cfg.margin, cfg.scale, cfg.margin_m).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optimizer, param_groups(net, head), cfg.lr, cfg.momentum, cfg.weight_decay)
+    step, elapsed_before = 0, 0.0
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        head.load_state_dict(ckpt["head"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, elapsed_before = ckpt["step"], ckpt.get("elapsed", 0.0)
+    print(f"train-embedder: mode {args.mode}, {n} faces of {len(identities)} identities, loaded in "
+          f"{time.time() - t0:.1f}s; config {cfg.name}: {cfg.network} ({count_parameters(net) / 1e6:.2f} M params, "
+          f"D={cfg.embedding_dim}), {cfg.margin} s={cfg.scale} m={cfg.margin_m}, batch {batch_size}, "
+          f"{steps_per_epoch} steps/epoch, {total_steps} steps; device {device}{', bf16 autocast' if use_amp else ''}"
+          + (f"; resumed at step {step}" if ckpt is not None else ""), flush=True)
+
+    start = time.time()
+
+    def checkpoint() -> None:
+        save_checkpoint(out / "last.pt", {
+            "kind": "embedder", "mode": args.mode, "config": dataclasses.asdict(cfg),
+            "model": net.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "epoch": step // steps_per_epoch, "steps_per_epoch": steps_per_epoch,
+            "identities": identities, "num_images": n, "elapsed": elapsed_before + time.time() - start,
+            "torch_version": str(torch.__version__),
+        })
+
+    metrics = MetricsLog(out / "metrics.csv", METRIC_FIELDS)
+    progress = Progress(stop_at, step, f"embedder-{args.mode}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+    bicubic_prob = cfg.bicubic_prob if args.mode == "hr_bicubic" else 0.0
+    net.train()
+    head.train()
+    start_step, last_save, stop_reason = step, time.time(), None
+    try:
+        while step < stop_at:
+            epoch, position = divmod(step, steps_per_epoch)
+            order = epoch_order(cfg.seed, epoch, n)
+            index = order[position * batch_size:(position + 1) * batch_size]
+            rng = step_generator(cfg.seed, 2, step)
+            flip = (torch.rand(len(index), generator=rng) < 0.5) & torch.tensor(cfg.flip)
+            x = gather(images, index, flip)
+            degrade = torch.rand(len(index), generator=rng) < bicubic_prob
+            if degrade.any():
+                heights = torch.randint(cfg.bicubic_min_height, cfg.bicubic_max_height + 1, (len(index),), generator=rng)
+                rows = degrade.nonzero().squeeze(1)
+                x[rows.to(device)] = bicubic_degrade(x[rows.to(device)], heights[rows])
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels[index.to(device)]
+
+            lr_now = learning_rate(cfg.lr, step, total_steps, warmup_steps, cfg.schedule, cfg.milestones)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            with autocast:
+                emb = net(x)
+            loss, acc = margin_loss(head, emb.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+
+            elapsed = time.time() - start
+            metrics.add({"step": step, "epoch": epoch, "time": f"{elapsed_before + elapsed:.2f}", "lr": f"{lr_now:.6g}",
+                         "bicubic_frac": f"{degrade.float().mean().item():.3f}",
+                         "images_per_s": f"{(step - start_step) * batch_size / max(elapsed, 1e-9):.1f}"},
+                        {"loss": loss, "acc": acc})
+            progress.update()
+            if step % cfg.log_every == 0 or step == stop_at:
+                last = metrics.flush()
+                progress.report(f"step {step}/{total_steps} epoch {epoch} lr {lr_now:.4g} loss {last['loss']:.4f} "
+                                f"acc {last['acc']:.3f} {elapsed / max(step - start_step, 1):.2f}s/step")
+            if args.max_minutes is not None and elapsed > args.max_minutes * 60:
+                stop_reason = f"--max-minutes {args.max_minutes} reached"
+                break
+            if cfg.save_every_minutes > 0 and time.time() - last_save > cfg.save_every_minutes * 60:
+                metrics.flush()
+                checkpoint()
+                last_save = time.time()
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    progress.close()
+    metrics.flush()
+    checkpoint()
+    print(f"train-embedder: {stop_reason + ', stopped' if stop_reason else 'done'} at step {step} "
+          f"(epoch {step / steps_per_epoch:.2f}); {out / 'last.pt'}", flush=True)
+    return 130 if stop_reason == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
