@@ -1,7 +1,9 @@
 """The Celery application of the bulk jobs (`celery -A service.celery_app worker`), configured from Settings."""
 from __future__ import annotations
 
-from celery import Celery
+import logging
+
+from celery import Celery, signals
 
 from service.settings import Settings, get_settings
 
@@ -33,6 +35,30 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={"lrface.*": {"queue": settings.queue}},
     )
     return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel=None, **kwargs):
+    """Workers log like the API (service.logs): JSON lines by default, with the task id as the request id."""
+    from service.logs import configure_logging
+
+    settings = get_settings()
+    level = loglevel if isinstance(loglevel, str) else (logging.getLevelName(loglevel) if loglevel else settings.log_level)
+    configure_logging(str(level), settings.log_format)
+
+
+@signals.task_prerun.connect
+def _task_started(task_id=None, **kwargs):
+    from service.logs import request_id_var
+
+    request_id_var.set(task_id)
+
+
+@signals.task_postrun.connect
+def _task_finished(**kwargs):
+    from service.logs import request_id_var
+
+    request_id_var.set(None)
 
 
 app = make_celery(get_settings())

@@ -8,6 +8,7 @@ Redis keys (prefix `settings.key_prefix`, default "lrface:"):
     job:<id>:sources    list of the planned relative paths (the finalizer rebuilds the manifest from it)
     job:<id>:cancel     present when the job was cancelled: chunk tasks check it and do nothing
     jobs                sorted set of job ids by creation time
+    active              set of the ids of the jobs not finished yet (bounded by LRFACE_MAX_ACTIVE_JOBS)
     stats               hash of job counts by event (created, succeeded, failed, cancelled)
 Nothing here holds pixels: tasks get (job id, chunk index, relative paths) and read the files themselves.
 """
@@ -95,21 +96,30 @@ end
 return {added, redis.call('SCARD', KEYS[2]), tonumber(redis.call('HGET', KEYS[1], 'chunks_total') or '0')}
 """
 
-# Move a job to a new state only from one of the allowed states; count the event once.
+# Move a job to a new state only from one of the allowed states; count the event once. A finished job leaves
+# the set of active jobs (KEYS[3]; ARGV[3] is the job id).
 _TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   if state == ARGV[i] then
     redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2])
     if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
       redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
       redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+      redis.call('SREM', KEYS[3], ARGV[3])
     end
     return {1, ARGV[1]}
   end
 end
 return {0, state}
+"""
+
+# Take a place among the active jobs when fewer than ARGV[2] are active.
+_ADMIT = """
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
 """
 
 
@@ -127,6 +137,7 @@ class JobStore:
         self.prefix = prefix
         self._record_chunk = client.register_script(_RECORD_CHUNK)
         self._transition = client.register_script(_TRANSITION)
+        self._admit = client.register_script(_ADMIT)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobStore":
@@ -212,9 +223,46 @@ class JobStore:
 
     def transition(self, job_id: str, to_state: str, from_states: tuple[str, ...]) -> tuple[bool, str]:
         changed, state = self._transition(
-            keys=[self.key(job_id), f"{self.prefix}stats"], args=[to_state, f"{time.time():.3f}", *from_states]
+            keys=[self.key(job_id), f"{self.prefix}stats", self.active_key],
+            args=[to_state, f"{time.time():.3f}", job_id, *from_states],
         )
         return bool(changed), state
+
+    # -- bounded number of active jobs ------------------------------------------------------------------
+
+    @property
+    def active_key(self) -> str:
+        return f"{self.prefix}active"
+
+    def active_count(self) -> int:
+        return int(self.redis.scard(self.active_key))
+
+    def admit(self, job_id: str, limit: int) -> bool:
+        """Count `job_id` among the active jobs if fewer than `limit` are; False when the limit is reached.
+
+        Places held by jobs that finished (or whose state is gone) are given back first when the set is full.
+        """
+        if int(self._admit(keys=[self.active_key], args=[job_id, int(limit)])):
+            return True
+        if self.prune_active():
+            return bool(int(self._admit(keys=[self.active_key], args=[job_id, int(limit)])))
+        return False
+
+    def release(self, job_id: str) -> None:
+        self.redis.srem(self.active_key, job_id)
+
+    def prune_active(self) -> int:
+        """Drop ids of jobs that finished or whose state is gone from the active set; returns how many."""
+        members = list(self.redis.smembers(self.active_key))
+        if not members:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in members:
+            pipe.hget(self.key(job_id), "state")
+        stale = [j for j, state in zip(members, pipe.execute()) if state is None or state in TERMINAL_STATES]
+        if stale:
+            self.redis.srem(self.active_key, *stale)
+        return len(stale)
 
     def mark_running(self, job_id: str, model_id: str | None = None) -> None:
         self.transition(job_id, "running", ("queued",))
@@ -268,16 +316,34 @@ def resolve_input_dir(data_root: Path, relative: str) -> Path:
     if ".." in parts:
         raise JobInputError(400, "invalid_path", "input_dir must not contain '..'")
     root = data_root.resolve()
-    target = (root / Path(*[p for p in parts if p not in ("", ".")] or ["."])).resolve()
-    if not _is_within(target, root):
-        raise JobInputError(403, "forbidden_path", "input_dir resolves outside the data root")
-    if not target.is_dir():
-        raise JobInputError(400, "input_not_found", f"input_dir {text!r} is not a folder under the data root")
+    try:
+        target = (root / Path(*[p for p in parts if p not in ("", ".")] or ["."])).resolve()
+        if not _is_within(target, root):
+            raise JobInputError(403, "forbidden_path", "input_dir resolves outside the data root")
+        is_dir = target.is_dir()
+    except OSError as exc:  # a name too long, a loop of links, ...: not a folder we can use
+        raise JobInputError(400, "invalid_path", f"input_dir cannot be used: {exc.strerror or exc}") from None
+    if not is_dir:
+        raise JobInputError(400, "input_not_found", f"input_dir {text[:200]!r} is not a folder under the data root")
     return target
 
 
 def _is_within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+def _is_utf8(name: str) -> bool:
+    # Names read from disk or a tar header that are not UTF-8 carry lone surrogates (surrogateescape).
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def display_name(name: str) -> str:
+    """A name that can go into JSON and Redis: bytes that are not UTF-8 become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def plan_job_sources(input_dir: Path, output_dir: Path, allowed_root: Path) -> tuple[list[str], list[dict]]:
@@ -289,11 +355,16 @@ def plan_job_sources(input_dir: Path, output_dir: Path, allowed_root: Path) -> t
     root = allowed_root.resolve()
     sources = []
     for rel in planned:
-        if _is_within((input_dir / rel).resolve(), root):
+        if not _is_utf8(rel):
+            failures.append({"source": display_name(rel), "status": "failed", "reason": "bad_name",
+                             "message": "the file name is not valid UTF-8"})
+        elif _is_within((input_dir / rel).resolve(), root):
             sources.append(rel)
         else:
             failures.append({"source": rel, "status": "failed", "reason": "outside_root",
                              "message": "the file is a link to a place outside the data root"})
+    for failure in failures:  # name collisions may carry such names too
+        failure["source"] = display_name(failure["source"])
     return sources, failures
 
 
@@ -322,6 +393,8 @@ def _member_parts(name: str) -> list[str]:
     """The path parts of an archive member, or an error when it could land outside the target folder."""
     if "\x00" in name or "\\" in name:
         raise _unsafe(f"member {name!r}: backslashes and NUL bytes are not accepted in names")
+    if not _is_utf8(name):
+        raise _unsafe(f"member {display_name(name)!r}: the name is not valid UTF-8")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         raise _unsafe(f"member {name!r}: absolute paths are not accepted")
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -499,9 +572,19 @@ def submit_job(store: JobStore, settings: Settings, *, job_id: str, params: JobP
         detail = f" ({len(failures)} files could not be used)" if failures else ""
         raise JobInputError(422, "no_images", f"no images were found in the job's input{detail}")
     chunks = chunked(sources, settings.chunk_size)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    store.create(job_id, params=params, input_dir=input_dir, output_dir=output_dir, input_label=input_label,
-                 sources=sources, failures=failures, chunks_total=len(chunks))
+    if not store.admit(job_id, settings.max_active_jobs):
+        raise JobInputError(429, "too_many_jobs", f"{settings.max_active_jobs} jobs are queued or running, the most "
+                                                  "this service takes; try again when one has finished")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        store.create(job_id, params=params, input_dir=input_dir, output_dir=output_dir, input_label=input_label,
+                     sources=sources, failures=failures, chunks_total=len(chunks))
+    except BaseException:
+        try:
+            store.release(job_id)
+        except Exception:
+            pass  # Redis is gone: prune_active drops the id later (the job has no state)
+        raise
     try:
         for index, paths in enumerate(chunks):
             enqueue(job_id, index, paths)

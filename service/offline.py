@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
-from models.face import MIN_INPUT_HEIGHT, ImageDecodeError, encode_png, lr_width_for_height, read_image
+from models.face import MIN_INPUT_HEIGHT, ImageDecodeError, decode_image, encode_png, lr_width_for_height
 from service.inference import MAX_HEIGHT, MIN_HEIGHT, Embedder, ModelNotFoundError, Synthesizer, execution_providers
 from training.data import IMAGE_EXTENSIONS
 
@@ -79,9 +80,19 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return len(lines)
 
 
+def _read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file. A FIFO, socket or device file is refused without reading it: reading a FIFO
+    blocks for ever and a device like /dev/zero never ends (O_NONBLOCK makes the open itself safe)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageDecodeError("not_a_file", "not a regular file (a FIFO, socket or device file)")
+        return f.read()
+
+
 def read_face(path: str | os.PathLike) -> np.ndarray:
     """Read a face with the shared decoder; raises ImageDecodeError (or OSError) when it cannot be used."""
-    rgb = read_image(path)
+    rgb = decode_image(_read_regular_file(path))
     if rgb.shape[0] < MIN_INPUT_HEIGHT:
         raise ImageDecodeError("too_small", f"image is {rgb.shape[0]} px high; at least {MIN_INPUT_HEIGHT} px are needed")
     return rgb

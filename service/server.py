@@ -175,8 +175,10 @@ def _raise_shutdown(signum, frame) -> None:
     raise _Shutdown(signum)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _configure_logging(level: str, fmt: str = "json") -> None:
+    from service.logs import configure_logging
+
+    configure_logging(level, fmt)
 
 
 def main_serve(argv: list[str] | None = None) -> int:
@@ -192,7 +194,7 @@ def main_serve(argv: list[str] | None = None) -> int:
                         "0 with LRFACE_BROKER_URL: run `lrface worker` separately)")
     args = p.parse_args(argv)
     settings = get_settings()
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     embedded = settings.broker_url is None
     n_workers = args.workers_in_process if args.workers_in_process is not None else (1 if embedded else 0)
     if n_workers < 0:
@@ -225,8 +227,10 @@ def main_serve(argv: list[str] | None = None) -> int:
         from service.api import create_app
 
         app = create_app(settings)
+        # log_config=None: uvicorn's loggers go through our (JSON) root handler; the access log is ours
+        # (service.api.access: with the request id, without headers).
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=settings.log_level,
-                                timeout_graceful_shutdown=10, proxy_headers=True)
+                                timeout_graceful_shutdown=10, proxy_headers=True, log_config=None, access_log=False)
         server = uvicorn.Server(config)
         server.run()
         return 0 if server.started else 1

@@ -69,19 +69,45 @@ class Settings(BaseSettings):
     max_archive_total_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1, description="sum of uncompressed member sizes")
     max_archive_ratio: float = Field(100.0, gt=0, description="uncompressed / compressed size, whole archive and each member")
 
+    max_json_body_bytes: int = Field(64 * 1024, ge=1, description="JSON body of POST /v1/jobs (a job spec is small)")
+
+    # --- backpressure and timeouts (per API process) -------------------------------------------------
+    # Inference requests (/v1/synthesize, /v1/embed, /v1/verify) pass two gates. Admission: at most
+    # inference_concurrency + inference_queue_size of them are in the process at once (reading their bodies or
+    # waiting); one more is answered 503 `overloaded` with Retry-After at once, before its body is read, so memory
+    # stays bounded whatever the load. Compute: at most inference_concurrency of them decode and run the models
+    # at once; one that waits longer than inference_queue_timeout for its turn is answered 503 `overloaded`.
+    inference_concurrency: int = Field(4, ge=1, description="inference requests computing at once per API process")
+    inference_queue_size: int = Field(32, ge=0, description="further inference requests that may wait for a turn")
+    inference_queue_timeout: float = Field(30.0, gt=0, description="seconds a request may wait for its turn, then 503")
+    body_timeout: float = Field(
+        60.0, gt=0, description="seconds an inference request's whole body may take to arrive, then 408 request_timeout"
+    )
+    body_idle_timeout: float = Field(
+        30.0, gt=0, description="longest pause between two parts of any request body (also archive uploads), then 408"
+    )
+    max_active_jobs: int = Field(
+        100, ge=1, description="queued + running bulk jobs (all API processes sharing the Redis); more: 429 too_many_jobs"
+    )
+    retry_after_s: int = Field(2, ge=1, description="Retry-After (seconds) sent with 503 overloaded / unavailable")
+    jobs_retry_after_s: int = Field(30, ge=1, description="Retry-After (seconds) sent with 429 too_many_jobs")
+
     # --- HTTP ---------------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted bearer tokens (comma-separated); empty = authentication off"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = CORS off")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line with a request_id (X-Request-ID) on every line; text: plain"
+    )
 
     @field_validator("providers", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _lists(cls, value):
         return _split_list(value)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value):
         return value.lower() if isinstance(value, str) else value

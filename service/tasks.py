@@ -3,6 +3,11 @@
 Arguments are ids and relative paths, never pixels. Every task is idempotent: outputs already on disk are
 skipped, a chunk's counts move only the first time it is recorded, and the finalizer rebuilds the manifest
 from the files on disk, so a redelivered or retried task changes nothing.
+
+When Redis (job state and broker) is unreachable or restarting, a task neither fails nor is dropped: it is
+handed back to the broker (`Reject(requeue=True)`; while Redis is down even that fails, and the message stays
+unacknowledged until the visibility timeout gives it out again). A retry would be lost instead: publishing it
+fails while the broker is down, and Celery then drops the original message, leaving the job "running" for ever.
 """
 from __future__ import annotations
 
@@ -10,11 +15,18 @@ import logging
 import threading
 from pathlib import Path
 
+import redis.exceptions
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
+
 from service.celery_app import app
 from service.jobs import TERMINAL_STATES, JobParams, JobStore, remove_stray_temps
 from service.settings import get_settings
 
 log = logging.getLogger("lrface.tasks")
+
+# Redis / broker trouble that passes: the task goes back to the queue instead of failing.
+TRANSIENT_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
 
 _lock = threading.Lock()
 _synthesizer = None
@@ -52,9 +64,30 @@ def enqueue_chunk(job_id: str, chunk_index: int, rel_paths: list[str]) -> None:
     process_chunk.apply_async(args=(job_id, chunk_index, rel_paths), queue=get_settings().queue)
 
 
+def _requeue(job_id: str, what: str, exc: Exception) -> Reject:
+    log.warning("%s of job %s: Redis unavailable (%s: %s); handing the task back to the queue",
+                what, job_id, type(exc).__name__, exc)
+    return Reject(f"{type(exc).__name__}: {exc}", requeue=True)
+
+
+def _retry(task, exc: Exception):
+    """`task.retry`, but a retry that cannot be published hands the message back instead of dropping it."""
+    try:
+        return task.retry(exc=exc, countdown=1 + task.request.retries)
+    except Reject as rejected:
+        return Reject(rejected.reason, requeue=True)
+
+
 @app.task(bind=True, name="lrface.process_chunk", acks_late=True, reject_on_worker_lost=True)
 def process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) -> str:
     """Write the variants of one chunk of a job's sources, count it once, and finalize when it is the last."""
+    try:
+        return _process_chunk(self, job_id, chunk_index, rel_paths)
+    except TRANSIENT_ERRORS as exc:
+        raise _requeue(job_id, f"chunk {chunk_index}", exc) from None
+
+
+def _process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) -> str:
     from service.offline import augment_sources
 
     store = get_store()
@@ -77,10 +110,12 @@ def process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) -> 
             results += augment_sources(synth, job["input_dir"], job["output_dir"], rel_paths[start:start + group],
                                        params.variants, params.seed, params.height, params.min_height,
                                        params.max_height, params.canvas)
+    except TRANSIENT_ERRORS:
+        raise
     except Exception as exc:
         if self.request.retries < get_settings().chunk_max_retries:
             log.warning("chunk %s of job %s failed (%s); retrying", chunk_index, job_id, exc)
-            raise self.retry(exc=exc, countdown=1 + self.request.retries)
+            raise _retry(self, exc)
         log.exception("chunk %s of job %s failed for good", chunk_index, job_id)
         store.fail(job_id, f"chunk {chunk_index} failed: {type(exc).__name__}: {exc}")
         return "failed"
@@ -95,6 +130,13 @@ def process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) -> 
 @app.task(bind=True, name="lrface.finalize_job", acks_late=True, reject_on_worker_lost=True)
 def finalize_job(self, job_id: str) -> str:
     """Rebuild the manifest (and errors.jsonl) from the outputs on disk, then mark the job finished."""
+    try:
+        return _finalize_job(self, job_id)
+    except TRANSIENT_ERRORS as exc:
+        raise _requeue(job_id, "finalizing", exc) from None
+
+
+def _finalize_job(self, job_id: str) -> str:
     from service.offline import write_errors, write_manifest
 
     store = get_store()
@@ -110,9 +152,11 @@ def finalize_job(self, job_id: str) -> str:
         remove_stray_temps(output_dir)
         write_errors(output_dir, store.failures(job_id))
         write_manifest(synth, output_dir, store.sources(job_id), *params.synthesis_args())
+    except TRANSIENT_ERRORS:
+        raise
     except Exception as exc:
         if self.request.retries < get_settings().chunk_max_retries:
-            raise self.retry(exc=exc, countdown=1 + self.request.retries)
+            raise _retry(self, exc)
         log.exception("finalizing job %s failed", job_id)
         store.fail(job_id, f"writing the manifest failed: {type(exc).__name__}: {exc}")
         return "failed"

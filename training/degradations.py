@@ -3,11 +3,13 @@
 BasicSR style: each degradation is a plain function of an RGB uint8 array (and an `np.random.Generator` when it
 is random); the pipelines compose them. numpy + Pillow only.
 
-    python -m training.degradations INPUT_DIR OUTPUT_DIR --method bicubic|blur_noise_jpeg \
-        (--heights-from dev/images.csv | --height H) [--seed S]
+    python -m training.degradations INPUT_DIR OUTPUT_DIR --method bicubic|blur_noise_jpeg|mrgan \
+        (--heights-from dev/images.csv | --height H) [--seed S] [--model mrgan.onnx]
 
 writes OUTPUT_DIR/<relative path without extension>.png. With --heights-from, each face gets the `lr_height`
 of its stem (`<identity>/<file name without extension>`), so a baseline has the sizes of the real captures.
+`--method mrgan` writes MR-GAN's variant 0 (seed S) at the same sizes through the inference core, so the realism
+comparison puts all three generators on exactly the same faces and sizes.
 File i's randomness is `np.random.default_rng([S, zlib.crc32(rel_path.encode())])`: independent of order.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ BLUR_SIGMA = (0.5, 3.0)
 NOISE_SIGMA = (1.0, 10.0)
 JPEG_QUALITY = (30, 80)
 
-METHODS = ("bicubic", "blur_noise_jpeg")
+METHODS = ("bicubic", "blur_noise_jpeg", "mrgan")
 
 
 def bicubic_lr(rgb: np.ndarray, height: int) -> np.ndarray:
@@ -123,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--heights-from", metavar="CSV", help="dev-style images.csv: each face gets its stem's lr_height")
     size.add_argument("--height", type=int, metavar="H", help="one LR height for every face")
     p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--model", help="--method mrgan: the MR-GAN ONNX (default: the shipped one)")
     args = p.parse_args(argv)
+    synth = None
+    if args.method == "mrgan":
+        from service.inference import Synthesizer
+
+        synth = Synthesizer(args.model)
 
     from tqdm import tqdm
 
@@ -155,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"{p.prog}: cannot read {rel}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        lr = degrade(rgb, args.method, height, file_rng(args.seed, rel))
+        if synth is not None:
+            lr = synth.synthesize([rgb], keys=[rel], variants=1, seed=args.seed, height=height)[0][0].image
+        else:
+            lr = degrade(rgb, args.method, height, file_rng(args.seed, rel))
         _write_atomic(output_dir / f"{stem}.png", encode_png(lr))
         written += 1
     print(f"{args.method}: {written} written to {output_dir}, {failed} skipped")

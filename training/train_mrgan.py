@@ -150,12 +150,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 class MetricsLog:
-    """metrics.csv, appended; rows are buffered as tensors and read back in one go (one device sync per flush)."""
+    """metrics.csv (appended on resume); rows are buffered as tensors and read back in one go (one device sync per flush)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, append: bool):
         self.path = path
         self.rows: list[tuple[dict, dict]] = []
-        if not path.exists():
+        if not (append and path.exists()):
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(METRIC_FIELDS)
 
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     def samples() -> None:
         write_sample_sheet(out / f"samples_{step:06d}.png", generator, sheet_hr, sheet_h, sheet_z)
 
-    metrics = MetricsLog(out / "metrics.csv")
+    metrics = MetricsLog(out / "metrics.csv", append=ckpt is not None)  # a fresh run starts a fresh log
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
     interactive = sys.stderr.isatty()
     progress = None

@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from service.api.access import RequestContextMiddleware
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.guard import GuardMiddleware
+from service.api.limits import AdmissionMiddleware, InferenceLimiter
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import embed, health, jobs, synthesize
 from service.settings import Settings, get_settings
@@ -24,6 +26,10 @@ Face models for low-resolution CCTV imagery.
 
 Every error is JSON `{"error": code, "message": text}`. When API keys are configured (`LRFACE_API_KEYS`), every
 endpoint except `/healthz`, `/readyz` and the docs needs `Authorization: Bearer <key>`.
+
+Under load the service sheds work instead of queueing without bound: 503 `overloaded` (inference endpoints) and
+429 `too_many_jobs` (`POST /v1/jobs`) come with a `Retry-After` header. Every response carries an `X-Request-ID`
+(the client's, when it sends a sane one), which the server's log lines of that request carry too.
 """
 
 
@@ -31,7 +37,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.getLogger("lrface").setLevel(settings.log_level.upper())
     metrics = Metrics()
-    services = Services(settings=settings, metrics=metrics)
+
+    def shed(reason: str) -> None:
+        metrics.shed.labels(reason).inc()
+
+    services = Services(settings=settings, metrics=metrics, limiter=InferenceLimiter(settings, on_shed=shed))
 
     def job_stats():
         store = services.store
@@ -53,7 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (synthesize, embed, jobs, health):
         app.include_router(module.router)
-    # Outermost first: metrics see every request (also refused ones); the guard runs before any body is read.
+    # Added innermost first. From the outside in: request id + access log, metrics (they see every request, also
+    # refused ones), CORS (when configured), the guard (API key, body size) and admission (backpressure, body
+    # timeouts), both before any body is read.
+    app.add_middleware(AdmissionMiddleware, settings=settings, on_shed=shed)
     app.add_middleware(GuardMiddleware, settings=settings)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -61,4 +74,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware)
     return app

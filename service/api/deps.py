@@ -26,6 +26,7 @@ MODEL_NAMES = ("synthesizer", "embedder", "detector")
 class Services:
     settings: Settings
     metrics: Metrics
+    limiter: Any = None  # service.api.limits.InferenceLimiter: the compute gate of the inference endpoints
     models: dict[str, Any] = field(default_factory=dict)
     model_errors: dict[str, str] = field(default_factory=dict)
     _store: JobStore | None = None

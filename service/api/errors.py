@@ -18,11 +18,12 @@ log = logging.getLogger("lrface.api")
 class APIError(Exception):
     """An error with a machine-readable code, raised anywhere below a route."""
 
-    def __init__(self, status_code: int, error: str, message: str, **extra):
+    def __init__(self, status_code: int, error: str, message: str, headers: dict[str, str] | None = None, **extra):
         super().__init__(message)
         self.status_code = status_code
         self.error = error
         self.message = message
+        self.headers = headers
         self.extra = extra
 
 
@@ -42,6 +43,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -61,8 +63,18 @@ def error_response(status_code: int, error: str, message: str, headers=None, **e
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return error_response(exc.status_code, exc.error, exc.message, headers=headers, **exc.extra)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+    headers.update(exc.headers or {})
+    return error_response(exc.status_code, exc.error, exc.message, headers=headers or None, **exc.extra)
+
+
+async def _job_store_down(request: Request, exc: Exception) -> JSONResponse:
+    # Redis (job state and broker) unreachable or still loading after a restart: a temporary condition.
+    log.warning("job store unavailable on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    retry_after = getattr(getattr(request.app.state, "services", None), "settings", None)
+    seconds = getattr(retry_after, "retry_after_s", 2)
+    return error_response(503, "jobs_unavailable", "the job store (Redis) is unreachable; try again shortly",
+                          headers={"Retry-After": str(seconds)})
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -90,7 +102,11 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    import redis.exceptions
+
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(redis.exceptions.ConnectionError, _job_store_down)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _job_store_down)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -38,6 +38,8 @@ class Metrics:
         self.images = Counter("lrface_images_processed", "input images processed", ["endpoint"], registry=self.registry)
         self.variants = Counter("lrface_variants_generated", "LR variants returned by /v1/synthesize", registry=self.registry)
         self.jobs_submitted = Counter("lrface_jobs_submitted", "bulk jobs accepted by this process", registry=self.registry)
+        self.shed = Counter("lrface_requests_shed", "requests refused by backpressure (503 overloaded)", ["reason"],
+                            registry=self.registry)
         self.model_loaded = Gauge("lrface_model_loaded", "1 when the model is loaded", ["model"], registry=self.registry)
 
     def watch_jobs(self, read_stats: Callable[[], dict[str, int] | None]) -> None:

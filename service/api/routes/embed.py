@@ -59,7 +59,8 @@ async def _embed_uploads(services: Services, settings: Settings, embedder: Embed
         vectors = embedder.embed([face for face, _ in prepared])
         return prepared, vectors
 
-    prepared, vectors = await run_in_threadpool(work)
+    async with services.limiter.slot():
+        prepared, vectors = await run_in_threadpool(work)
     services.metrics.images.labels(endpoint).inc(len(uploads))
     return prepared, vectors
 

@@ -101,8 +101,41 @@ def _validate(model: type[BaseModel], data) -> BaseModel:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
-def _job_error(exc: JobInputError) -> APIError:
-    return APIError(exc.status_code, exc.error, exc.message)
+def _job_error(exc: JobInputError, settings=None) -> APIError:
+    headers = None
+    if settings is not None and exc.status_code == 429:
+        headers = {"Retry-After": str(settings.jobs_retry_after_s)}
+    elif settings is not None and exc.status_code == 503:
+        headers = {"Retry-After": str(settings.retry_after_s)}
+    return APIError(exc.status_code, exc.error, exc.message, headers=headers)
+
+
+def _too_many_jobs(settings) -> APIError:
+    return _job_error(JobInputError(429, "too_many_jobs", f"{settings.max_active_jobs} jobs are queued or running, the "
+                                                          "most this service takes; try again when one has finished"),
+                      settings)
+
+
+def _jobs_full(store, settings) -> bool:
+    """A cheap early check (the place is taken for real, atomically, when the job is stored)."""
+    if store.active_count() < settings.max_active_jobs:
+        return False
+    store.prune_active()
+    return store.active_count() >= settings.max_active_jobs
+
+
+async def _read_json_body(request: Request, limit: int):
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, "payload_too_large", f"a JSON job spec may be at most {limit} bytes",
+                           headers={"Connection": "close"})
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks) or b"null")
+    except (ValueError, RecursionError):  # (RecursionError: absurdly deep nesting)
+        raise APIError(422, "validation_error", "the body is not valid JSON") from None
 
 
 _PARAM_SCHEMA = {name: field for name, field in JobCreate.model_json_schema()["properties"].items()}
@@ -143,7 +176,9 @@ Answers 202 with the job; poll `GET /v1/jobs/{job_id}`.
 @router.post("/jobs", status_code=202, response_model=JobOut, summary="start a bulk augmentation job",
              description=CREATE_DESCRIPTION, openapi_extra=_OPENAPI_BODY,
              responses={400: {"description": "bad path or unsafe archive"}, 403: {"description": "path outside the data root"},
-                        413: {"description": "archive too large"}, 503: {"description": "broker unavailable"}})
+                        413: {"description": "archive too large"},
+                        429: {"description": "too many jobs queued or running (LRFACE_MAX_ACTIVE_JOBS); see Retry-After"},
+                        503: {"description": "broker unavailable"}})
 async def create_job(request: Request, services: ServicesDep, settings: SettingsDep, store: JobStoreDep):
     from service.tasks import enqueue_chunk
 
@@ -151,10 +186,7 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
     job_id = new_job_id()
     cleanup: Path | None = None
     if content_type == "application/json" or content_type.endswith("+json"):
-        try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError:
-            raise APIError(422, "validation_error", "the body is not valid JSON") from None
+        body = await _read_json_body(request, settings.max_json_body_bytes)
         spec = _validate(JobCreate, body)
         options = spec
         root = settings.data_root_path
@@ -162,8 +194,12 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
             input_dir = resolve_input_dir(root, spec.input_dir)
         except JobInputError as exc:
             raise _job_error(exc) from None
+        if await run_in_threadpool(_jobs_full, store, settings):
+            raise _too_many_jobs(settings)
         label = spec.input_dir
     elif content_type == "multipart/form-data":
+        if await run_in_threadpool(_jobs_full, store, settings):  # before the archive is stored and extracted
+            raise _too_many_jobs(settings)
         async with request.form(max_files=1, max_fields=16) as form:
             archive = form.get("archive")
             if not isinstance(archive, UploadFile):
@@ -200,7 +236,11 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
     except JobInputError as exc:
         if cleanup is not None:
             remove_tree(cleanup)
-        raise _job_error(exc) from None
+        raise _job_error(exc, settings) from None
+    except BaseException:
+        if cleanup is not None:
+            remove_tree(cleanup)
+        raise
     services.metrics.jobs_submitted.inc()
     return JSONResponse(job_out(job).model_dump(), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 

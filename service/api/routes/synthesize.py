@@ -110,7 +110,8 @@ async def synthesize(
                                    min_height=min_height, max_height=max_height, canvas=canvas)
         return box, [(v, *encode(v.image, format)) for v in made]
 
-    box, encoded = await run_in_threadpool(work)
+    async with services.limiter.slot():
+        box, encoded = await run_in_threadpool(work)
     services.metrics.images.labels("synthesize").inc()
     services.metrics.variants.inc(len(encoded))
     return SynthesizeResponse(
