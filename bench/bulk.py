@@ -24,9 +24,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (base_parser, check_models, child_env, descendants, fmt, free_port,
-                          link_subset, make_face_tree, md_table, peak_rss_of, report, run_measured, save_result,
-                          spawn, stop, wait_http)
+from bench.common import (base_parser, check_models, child_env, descendants, exit_on_sigterm, fmt, free_port,
+                          link_subset, make_face_tree, md_table, peak_rss_of, report, save_result, spawn, stop,
+                          tree_cpu_seconds, wait_http)
 
 
 def count_outputs(out_dir: Path) -> tuple[int, int]:
@@ -71,7 +71,7 @@ class CeleryStack:
     def start_worker(self, processes: int, threads: int) -> None:
         log = self.workdir / f"worker-{processes}.log"
         self.worker = spawn([sys.executable, "-m", "service.cli", "worker", "--concurrency", str(processes),
-                             "--loglevel", "warning"], self.env(threads), log)
+                             "--loglevel", self.args.worker_loglevel], self.env(threads), log)
 
     def worker_peak_rss(self) -> dict:
         pids = [self.worker.pid] + descendants(self.worker.pid)
@@ -82,6 +82,7 @@ class CeleryStack:
     def run_job(self, input_dir: str, timeout: float) -> dict:
         import httpx
 
+        cpu0 = tree_cpu_seconds(self.worker.pid), tree_cpu_seconds(self.api.pid)
         t0 = time.perf_counter()
         r = httpx.post(f"{self.base}/v1/jobs", json={"input_dir": input_dir, "variants": self.args.variants, "seed": 0},
                        timeout=120)
@@ -98,10 +99,12 @@ class CeleryStack:
                 raise RuntimeError(f"job {job_id} not finished after {timeout:.0f} s: {job['state']} {job['counts']}")
             time.sleep(0.2)
         wall = time.perf_counter() - t0
+        cpu = tree_cpu_seconds(self.worker.pid) - cpu0[0], tree_cpu_seconds(self.api.pid) - cpu0[1]
         if job["state"] != "succeeded":
             raise RuntimeError(f"job {job_id} {job['state']}: {job.get('error')}")
         return {"job_id": job_id, "wall_s": wall, "server_s": job["finished_at"] - job["created_at"],
-                "counts": job["counts"], "chunks": job["chunks"], "output_dir": job["output_dir"]}
+                "counts": job["counts"], "chunks": job["chunks"], "output_dir": job["output_dir"],
+                "worker_cpu_s": cpu[0], "api_cpu_s": cpu[1]}
 
     def stop_worker(self) -> None:
         stop(self.worker, timeout=30)
@@ -120,6 +123,12 @@ class CeleryStack:
             keys = sorted(keys)
             for i in range(0, len(keys), 500):
                 client.delete(*keys[i:i + 500])
+            # a task taken by a worker stopped mid-task stays in kombu's shared `unacked` hash: drop ours only
+            marker = f'"{self.queue}"'.encode()
+            for tag, message in client.hscan_iter("unacked"):
+                if marker in message:
+                    client.hdel("unacked", tag)
+                    client.zrem("unacked_index", tag)
             client.close()
         except Exception as exc:  # cleanup must not hide the results
             print(f"bulk: could not remove the benchmark's Redis keys ({exc})", file=sys.stderr)
@@ -162,36 +171,39 @@ def run_offline(args, data_root: Path, shards: int, processes: int, threads: int
         cmd = [sys.executable, "-m", "service.cli", "augment", str(inp), str(out_root / f"part-{i}"), "-k",
                str(args.variants), "--seed", "0", "--model", str(args.mrgan), "--threads", str(threads), "--device", "cpu"]
         procs.append(spawn(cmd, env, workdir / f"offline-{processes}-{i}.log"))
-    peaks = []
+    peaks, cpu = [], 0.0
     for proc in procs:
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         peaks.append(usage.ru_maxrss / 1024)
+        cpu += usage.ru_utime + usage.ru_stime
         if proc.returncode != 0:
             raise RuntimeError(f"lrface augment exited with {proc.returncode}; see {workdir}/offline-{processes}-*.log")
     wall = time.perf_counter() - t0
     pngs, lines = count_outputs(out_root)
-    return {"wall_s": wall, "peak_rss_mib_max": max(peaks), "peak_rss_mib_sum": sum(peaks), "pngs": pngs,
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib_max": max(peaks), "peak_rss_mib_sum": sum(peaks), "pngs": pngs,
             "manifest_lines": lines}
 
 
 # -- main ----------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     p = base_parser("python -m bench.bulk", __doc__.split("\n\n")[0])
-    p.add_argument("--faces", type=int, default=None, help="input faces (default 2000; 64 with --quick)")
+    p.add_argument("--faces", type=int, default=None, help="input faces (default 2000; 32 with --quick)")
     p.add_argument("--variants", "-k", type=int, default=4)
     p.add_argument("--processes", default="1,2", help="worker / augment process counts (default 1,2)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="the Redis of the Celery runs")
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="LRFACE_CHUNK_SIZE of the job (default: the service default 64; 16 with --quick)")
+                   help="LRFACE_CHUNK_SIZE of the job (default: the service default 64; 8 with --quick)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder, removed after)")
+    p.add_argument("--worker-loglevel", default="warning", help="log level of the Celery worker (its log is in --workdir)")
     p.add_argument("--skip-celery", action="store_true")
     p.add_argument("--skip-offline", action="store_true")
     args = p.parse_args(argv)
     check_models(args.mrgan)
-    n = args.faces or (64 if args.quick else 2000)
-    args.chunk_size = args.chunk_size or (16 if args.quick else 64)
+    n = args.faces or (32 if args.quick else 2000)
+    args.chunk_size = args.chunk_size or (8 if args.quick else 64)
     procs_list = [int(x) for x in args.processes.split(",")]
     shards = max(procs_list)
     cores = args.threads  # cores shared out: each of P processes gets cores // P threads
@@ -237,19 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     total = n * args.variants
-    headers = ["processes", "threads each", "path", "wall s", "faces/s", "images/s", "outputs", "peak RSS MiB (max / sum)",
-               "Celery / offline"]
+    headers = ["processes", "threads each", "path", "wall s", "faces/s", "images/s", "CPU ms / image", "outputs",
+               "peak RSS MiB (max / sum)", "Celery / offline"]
     rows = []
     for P in procs_list:
         c, o = results["celery"].get(str(P)), results["offline"].get(str(P))
         if c:
             rows.append([P, c["threads"], "API + Celery + Redis", fmt(c["wall_s"]), fmt(n / c["wall_s"]),
-                         fmt(total / c["wall_s"]), f"{c['pngs']:,} (+{c['manifest_lines']:,} manifest lines)",
+                         fmt(total / c["wall_s"]), fmt(1000 * c["worker_cpu_s"] / total), f"{c['pngs']:,} (+{c['manifest_lines']:,} manifest lines)",
                          f"{fmt(c['worker_peak_rss']['max_mib'], 0)} / {fmt(c['worker_peak_rss']['sum_mib'], 0)}",
                          f"**{o['wall_s'] / c['wall_s']:.0%}**" if o else ""])
         if o:
             rows.append([P, o["threads"], "lrface augment", fmt(o["wall_s"]), fmt(n / o["wall_s"]),
-                         fmt(total / o["wall_s"]), f"{o['pngs']:,} (+{o['manifest_lines']:,} manifest lines)",
+                         fmt(total / o["wall_s"]), fmt(1000 * o["cpu_s"] / total), f"{o['pngs']:,} (+{o['manifest_lines']:,} manifest lines)",
                          f"{fmt(o['peak_rss_mib_max'], 0)} / {fmt(o['peak_rss_mib_sum'], 0)}", ""])
         for what, r in (("Celery", c), ("offline", o)):
             if r and r["pngs"] != total:
@@ -260,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Celery: job chunks of {args.chunk_size} faces; wall = POST /v1/jobs until GET says succeeded (polled every "
         f"0.2 s), workers warmed up by a 4-face job first; peak RSS = the worker's processes (prefork parent + children)",
         "offline: process start-up and model loading inside the wall time; P processes each on 1/P of the shards",
+        "CPU ms / image: CPU time of the worker processes (Celery; the API's own is in the JSON) or of the augment "
+        "processes, per image written: overhead shows here even when other load on the machine skews wall times",
     ]
     path = save_result(args, "bulk", {"title": "Bulk jobs", "table_md": table, "notes": notes, "faces": n,
                                       "variants": args.variants, "chunk_size": args.chunk_size, "results": results,

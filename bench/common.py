@@ -182,6 +182,20 @@ def _proc_status_kib(pid, field: str) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a live process so far (its own threads, not its children), seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a live process and its live descendants."""
+    return sum(c for c in (cpu_seconds(p) for p in [pid] + descendants(pid)) if c is not None)
+
+
 def descendants(pid: int) -> list[int]:
     """Live descendant pids of `pid` (Linux /proc walk)."""
     children: dict[int, list[int]] = {}
@@ -292,11 +306,33 @@ def child_env(extra: dict | None = None, threads: int | None = None) -> dict:
     return env
 
 
+def _child_setup() -> None:
+    """preexec_fn: a process group of its own, and SIGTERM when the benchmark dies (Linux), so nothing is orphaned."""
+    os.setpgrp()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (a timeout, a kill) becomes SystemExit, so `finally` blocks stop the children and clean up."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def spawn(cmd: list[str], env: dict, log_path: Path | None = None) -> subprocess.Popen:
-    """Start a child in its own process group (so stop() reaches its own children, and nothing else)."""
+    """Start a child in its own process group (so stop() reaches its own children, and nothing else).
+
+    A process group, not a new session: with the kernel's autogroup scheduling (sched_autogroup_enabled) every
+    session is its own CPU group, so a new session would escape the benchmark's `nice` and would give, say, two
+    `lrface augment` processes two groups' worth of CPU but a two-child Celery worker one: unfair to the
+    comparison and to whatever else runs on the machine. Children stay in the caller's session.
+    """
     out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=_child_setup)
     finally:
         if log_path is not None:
             out.close()

@@ -16,8 +16,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (base_parser, check_models, child_env, fmt, link_subset, make_face_tree, md_table, report,
-                          run_measured, save_result)
+from bench.common import (base_parser, check_models, child_env, exit_on_sigterm, fmt, link_subset, make_face_tree,
+                          md_table, report, run_measured, save_result)
 
 TOLERANCE = 0.20
 
@@ -35,20 +35,21 @@ def linearity(sizes: list[int], times: list[float]) -> dict:
     steps = [(times[i + 1] - times[i]) / (sizes[i + 1] - sizes[i]) for i in range(len(sizes) - 1)]
     ss_res = float(np.sum((t - fit) ** 2))
     ss_tot = float(np.sum((t - t.mean()) ** 2)) or 1.0
-    growth = steps[-1] / b - 1 if steps and b > 0 else None
+    growth = float(steps[-1] / b - 1) if steps and b > 0 else None
     return {"startup_s": float(a), "s_per_face": float(b), "r2": 1 - ss_res / ss_tot, "max_rel_residual": worst,
             "marginal_s_per_face": steps, "last_step_over_slope": growth,
-            "linear": worst <= TOLERANCE and (growth is None or growth <= TOLERANCE)}
+            "linear": bool(worst <= TOLERANCE and (growth is None or growth <= TOLERANCE))}
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     p = base_parser("python -m bench.cost_curve", __doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default=None, help="input face counts (default 500,1000,2000,4000; 25,50,100,200 with --quick)")
+    p.add_argument("--sizes", default=None, help="input face counts (default 500,1000,2000,4000; 16,32,64,128 with --quick)")
     p.add_argument("--variants", "-k", type=int, default=4)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder, removed after)")
     args = p.parse_args(argv)
     check_models(args.mrgan)
-    sizes = [int(s) for s in (args.sizes or ("25,50,100,200" if args.quick else "500,1000,2000,4000")).split(",")]
+    sizes = [int(s) for s in (args.sizes or ("16,32,64,128" if args.quick else "500,1000,2000,4000")).split(",")]
     keep = args.workdir is not None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lrface-bench-cost-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     path = save_result(args, "cost_curve", {"title": "Cost curve of lrface augment", "table_md": table, "notes": notes,
                                             "runs": runs, "linearity": lin, "memory_spread": mem_spread,
-                                            "flat_memory": mem_spread <= TOLERANCE, "tolerance": TOLERANCE,
+                                            "flat_memory": bool(mem_spread <= TOLERANCE), "tolerance": TOLERANCE,
                                             "variants": args.variants, "threads": args.threads})
     report("Cost curve of lrface augment", table, notes, path)
     return 0

@@ -19,8 +19,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (REPO, base_parser, check_models, child_env, fmt, free_port, jitter, jpeg_bytes, md_table,
-                          peak_rss_of, percentile, report, save_result, source_faces, spawn, stop, wait_http)
+from bench.common import (REPO, base_parser, check_models, child_env, exit_on_sigterm, fmt, free_port, jitter,
+                          jpeg_bytes, md_table, peak_rss_of, percentile, report, run_json_child, save_result,
+                          source_faces, spawn, stop, wait_http)
 
 ENDPOINTS = ("embed", "synthesize")
 
@@ -33,6 +34,18 @@ def micro_batching_note() -> str:
     return ("no micro-batching: each request runs its own onnxruntime call (batch = that request's images) on a "
             "Starlette threadpool thread, so concurrent requests become concurrent small calls competing for the "
             "same cores, not bigger batches")
+
+
+def reference(args) -> dict:
+    """The models alone in this run (onnxruntime, same threads), for the targets: embed at batch 1 and 32, and
+    synthesis at the batch one request makes (variants)."""
+    out = {}
+    for model, path, batches in (("embedder", args.embedder, "1,32"), ("mrgan", args.mrgan, str(args.variants))):
+        cmd = [sys.executable, "-m", "bench.throughput", "--child", "onnxruntime", "--model", model, "--path", str(path),
+               "--threads", str(args.threads), "--batches", batches] + (["--quick"] if args.quick else [])
+        r = run_json_child(cmd, child_env(threads=args.threads), timeout=900)
+        out[model] = {b: {"ms_per_batch": v["ms_per_batch"], "items_per_s": v["items_per_s"]} for b, v in r["batches"].items()}
+    return out
 
 
 def start_server(args, workdir: Path):
@@ -98,6 +111,7 @@ async def _load(base: str, endpoint: str, concurrency: int, seconds: float, warm
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     p = base_parser("python -m bench.http_api", __doc__.split("\n\n")[0])
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per level (default 15; 2 with --quick)")
@@ -128,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             server_peak = peak_rss_of(proc.pid)
         finally:
             stop(proc)
+    print("http: the models alone, for reference ...", file=sys.stderr, flush=True)
+    ref = reference(args)
     headers = ["endpoint", "concurrency", "requests", "errors", "req/s", "items/s", "p50 ms", "p95 ms", "p99 ms"]
     rows = [[r["endpoint"], r["concurrency"], r["requests"], r["errors"], fmt(r["requests_per_s"]), fmt(r["items_per_s"]),
              fmt(r["p50_ms"]), fmt(r["p95_ms"]), fmt(r["p99_ms"])] for r in results]
@@ -140,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         f"variants={args.variants}, PNG output; items = faces (embed) or variants (synthesize)",
         f"{seconds:g} s measured per level after {warmup:g} s warm-up; client (async httpx) and server share the "
         f"same {args.threads} cores",
+        f"the models alone in this run (onnxruntime, after the server stopped): embed batch 1 "
+        f"{fmt(ref['embedder']['1']['ms_per_batch'], 2)} ms, batch 32 {fmt(ref['embedder']['32']['items_per_s'])} faces/s; "
+        f"synthesis batch {args.variants} {fmt(ref['mrgan'][str(args.variants)]['ms_per_batch'], 2)} ms",
     ]
     path = save_result(args, "http", {"title": "HTTP API", "table_md": table, "notes": notes, "results": results,
-                                      "server_peak_rss_mib": server_peak, "variants": args.variants,
+                                      "server_peak_rss_mib": server_peak, "variants": args.variants, "reference": ref,
                                       "threads": args.threads, "server": args.server, "seconds": seconds})
     report("HTTP API", table, notes, path)
     return 0

@@ -15,7 +15,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import base_parser, check_models, child_env, fmt, md_table, report, run_json_child, save_result, time_calls
+from bench.common import (base_parser, check_models, child_env, exit_on_sigterm, fmt, md_table, report, run_json_child,
+                          save_result, time_calls)
 from bench.flops import count_flops
 
 
@@ -45,6 +46,7 @@ def matmul_child(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     p = base_parser("python -m bench.roofline", __doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=32, help="batch of the achieved-throughput measurement (default 32)")
     p.add_argument("--n", type=int, default=None, help="matmul size (default 2048; 1024 with --quick)")

@@ -21,8 +21,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (base_parser, check_models, child_env, fmt, md_table, peak_rss_mib, report, rss_mib,
-                          run_json_child, save_result, time_calls)
+from bench.common import (base_parser, check_models, child_env, exit_on_sigterm, fmt, md_table, peak_rss_mib, report,
+                          rss_mib, run_json_child, save_result, time_calls)
 
 ENGINES = ("onnxruntime", "core", "torch")
 MODELS = ("mrgan", "embedder")
@@ -154,7 +154,7 @@ def run_engine(args, engine: str, model: str, batches: list[int]) -> dict:
 
 
 def build_table(results: list[dict], batches: list[int]) -> tuple[str, list[str]]:
-    headers = ["model", "engine"] + [f"batch {b} ({'items'}/s)" for b in batches] + \
+    headers = ["model", "engine"] + [f"batch {b} /s" for b in batches] + \
               [f"batch {batches[0]} ms", "peak RSS MiB", "RSS after imports MiB"]
     rows, notes = [], []
     by = {(r["model"], r["engine"]): r for r in results}
@@ -186,6 +186,7 @@ def build_table(results: list[dict], batches: list[int]) -> tuple[str, list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     p = base_parser("python -m bench.throughput", __doc__.split("\n\n")[0])
     p.add_argument("--mrgan-ckpt", type=Path, help="MR-GAN training checkpoint for the eager-torch run")
     p.add_argument("--embedder-ckpt", type=Path, help="embedder (ran / embedder kind) checkpoint for the eager-torch run")

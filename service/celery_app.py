@@ -31,6 +31,11 @@ def make_celery(settings: Settings) -> Celery:
             # Sweep for such tasks often enough that a short visibility timeout means a short wait.
             "unacked_restore_interval": max(1, min(10, vt // 4)),
             "unacked_restore_throttle": 1 if vt < 600 else 10,
+            # Handing tasks back runs under a Redis lock that expires after this long (kombu's default is 300 s).
+            # A worker killed while holding it would otherwise hold up every redelivery for 5 minutes, however
+            # short the visibility timeout; a sweep takes milliseconds, and two overlapping sweeps are harmless
+            # (each message is restored in a transaction).
+            "unacked_mutex_expire": max(5, min(300, vt)),
         },
         task_routes={"lrface.*": {"queue": settings.queue}},
     )

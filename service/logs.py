@@ -23,8 +23,10 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("lrf
 # A client's X-Request-ID is kept only when it is short and plain (it goes into logs and a response header).
 _SANE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
-# Attributes every LogRecord has; anything else on a record came as `extra=` and is logged as a field.
-_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
+# Attributes every LogRecord has; anything else on a record came as `extra=` and is logged as a field
+# (but for uvicorn's copy of its message with terminal colour codes).
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "request_id", "color_message"}
 
 
 def new_request_id() -> str:

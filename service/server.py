@@ -114,7 +114,7 @@ class EmbeddedRedis:
 def worker_command(concurrency: int, loglevel: str, queue: str, name: str) -> list[str]:
     pool = "solo" if concurrency == 1 else "prefork"
     return [
-        sys.executable, "-m", "celery", "-A", "service.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "service.celery_app", "--quiet", "worker",  # (quiet: no text banner)
         f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel.upper()}",
         "-Q", queue, "-n", name, "--without-gossip", "--without-mingle",
     ]
@@ -268,7 +268,7 @@ def main_worker(argv: list[str] | None = None) -> int:
 
     pool = args.pool or ("solo" if args.concurrency == 1 else "prefork")
     app.worker_main([
-        "worker", f"--pool={pool}", f"--concurrency={args.concurrency}",
+        "--quiet", "worker", f"--pool={pool}",  # (quiet: no text banner among the JSON log lines) f"--concurrency={args.concurrency}",
         f"--loglevel={(args.loglevel or settings.log_level).upper()}", "-Q", settings.queue,
         "--without-gossip", "--without-mingle",
     ])

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     )
     chunk_size: int = Field(64, ge=1, description="source images per bulk-job task")
     chunk_max_retries: int = Field(2, ge=0)
+    job_stall_timeout: float = Field(
+        300.0, gt=0, description="a queued or running job without progress for this long is checked for chunk tasks "
+        "the broker lost (a worker killed just after taking a task off the Redis queue loses it); missing ones are "
+        "queued again by the workers' sweeper",
+    )
 
     # --- file system --------------------------------------------------------------------------------
     state_dir: Path = Field(

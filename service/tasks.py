@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import redis.exceptions
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
+from celery import signals
+
 from service.celery_app import app
-from service.jobs import TERMINAL_STATES, JobParams, JobStore, remove_stray_temps
+from service.jobs import TERMINAL_STATES, JobParams, JobStore, recover_lost_tasks, redis_client, remove_stray_temps
 from service.settings import get_settings
 
 log = logging.getLogger("lrface.tasks")
 
 # Redis / broker trouble that passes: the task goes back to the queue instead of failing.
 TRANSIENT_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
+REQUEUE_PAUSE_S = 1.0
 
 _lock = threading.Lock()
 _synthesizer = None
@@ -67,6 +71,9 @@ def enqueue_chunk(job_id: str, chunk_index: int, rel_paths: list[str]) -> None:
 def _requeue(job_id: str, what: str, exc: Exception) -> Reject:
     log.warning("%s of job %s: Redis unavailable (%s: %s); handing the task back to the queue",
                 what, job_id, type(exc).__name__, exc)
+    # Not straight back: with the broker up and the job-state Redis (LRFACE_REDIS_URL) down, the task would
+    # come back at once and spin.
+    time.sleep(REQUEUE_PAUSE_S)
     return Reject(f"{type(exc).__name__}: {exc}", requeue=True)
 
 
@@ -107,6 +114,8 @@ def _process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) ->
         for start in range(0, len(rel_paths), group):
             if store.is_cancelled(job_id):
                 return "cancelled"
+            if start:
+                store.touch(job_id)  # heartbeat: a long chunk is progress, not a stall
             results += augment_sources(synth, job["input_dir"], job["output_dir"], rel_paths[start:start + group],
                                        params.variants, params.seed, params.height, params.min_height,
                                        params.max_height, params.canvas)
@@ -166,3 +175,49 @@ def _finalize_job(self, job_id: str) -> str:
     else:
         store.transition(job_id, "succeeded", ("queued", "running"))
     return "finished"
+
+
+# -- the sweeper: chunk tasks the broker lost ----------------------------------------------------------------
+
+def sweep_once() -> dict:
+    """One pass of `service.jobs.recover_lost_tasks`, by at most one worker at a time (a Redis lock)."""
+    settings = get_settings()
+    store = get_store()
+    interval = sweep_interval(settings)
+    if not store.redis.set(f"{settings.key_prefix}sweeper", "1", nx=True, ex=max(1, int(interval))):
+        return {}
+    broker = redis_client(settings.broker_url or "redis://127.0.0.1:6379/0", timeout=10.0)
+    try:
+        return recover_lost_tasks(
+            store, broker, settings,
+            enqueue_chunk=enqueue_chunk,
+            enqueue_finalize=lambda job_id: finalize_job.apply_async(args=(job_id,), queue=settings.queue))
+    finally:
+        broker.close()
+
+
+def sweep_interval(settings) -> float:
+    return max(1.0, min(60.0, settings.job_stall_timeout / 3.0))
+
+
+def _sweep_forever(stop: threading.Event) -> None:
+    interval = sweep_interval(get_settings())
+    while not stop.wait(interval):
+        try:
+            sweep_once()
+        except Exception as exc:  # Redis down and the like: try again next time
+            log.warning("sweeping for lost tasks failed: %s: %s", type(exc).__name__, exc)
+
+
+_sweeper_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**kwargs) -> None:
+    threading.Thread(target=_sweep_forever, args=(_sweeper_stop,), name="lrface-sweeper", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweeper(**kwargs) -> None:
+    _sweeper_stop.set()
+

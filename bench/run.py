@@ -1,0 +1,229 @@
+"""`lrface bench` / `python -m bench.run`: run the benchmarks (all, or those named) and write bench/RESULTS.md.
+
+    python -m bench.run [throughput roofline http bulk cost] [--quick] --mrgan M.onnx --embedder E.onnx \
+        [--mrgan-ckpt M.pt --embedder-ckpt E.pt]
+
+Each benchmark runs as its own process and writes bench/results/<name>.json; RESULTS.md is then built from
+the JSON files (a benchmark not run this time is reported from its last JSON, with its date), with the machine,
+the date, every table and a Targets section. --quick runs the smoke versions and writes bench/results/quick/
+and bench/results/quick/RESULTS.md instead, so a smoke run never overwrites the full results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (QUICK_RESULTS_DIR, REPO, RESULTS_DIR, child_env, cpu_count, default_model_path,
+                          exit_on_sigterm, fmt, machine, md_table)
+
+# name -> (module, JSON name)
+BENCHMARKS = {
+    "throughput": ("bench.throughput", "throughput"),
+    "roofline": ("bench.roofline", "roofline"),
+    "http": ("bench.http_api", "http"),
+    "bulk": ("bench.bulk", "bulk"),
+    "cost": ("bench.cost_curve", "cost_curve"),
+}
+MODEL_ARGS = ("mrgan", "embedder")
+
+
+def load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _status(ok: bool | None) -> str:
+    return "–" if ok is None else ("met" if ok else "**MISSED**")
+
+
+def _rate(tp: dict | None, model: str, engine: str, batch: int) -> float | None:
+    if not tp:
+        return None
+    for r in tp.get("results", []):
+        if r.get("model") == model and r.get("engine") == engine:
+            b = r.get("batches", {}).get(str(batch))
+            return b["items_per_s"] if b else None
+    return None
+
+
+def _ms(tp: dict | None, model: str, engine: str, batch: int) -> float | None:
+    if not tp:
+        return None
+    for r in tp.get("results", []):
+        if r.get("model") == model and r.get("engine") == engine:
+            b = r.get("batches", {}).get(str(batch))
+            return b["ms_per_batch"] if b else None
+    return None
+
+
+def targets(data: dict[str, dict | None]) -> list[list[str]]:
+    """Rows (target, measured, status) of the issue's targets, from whatever JSON is there."""
+    tp, rl, http, bulk, cost = (data.get(k) for k in ("throughput", "roofline", "http", "bulk", "cost_curve"))
+    rows = []
+    # 1. onnxruntime >= 1.5x eager torch at batch 32
+    for model in MODEL_ARGS:
+        o, t = _rate(tp, model, "onnxruntime", 32), _rate(tp, model, "torch", 32)
+        ok = None if o is None or t is None else o / t >= 1.5
+        measured = f"{fmt(o)} vs {fmt(t)} /s = {o / t:.2f}x" if ok is not None else "not measured"
+        rows.append([f"{model}: onnxruntime at batch 32 >= 1.5x eager torch", measured, _status(ok)])
+    # 2. achieved GFLOP/s at batch 32 >= 30% of the matmul peak
+    for model in MODEL_ARGS:
+        m = (rl or {}).get("models", {}).get(model)
+        ok = None if m is None else m["fraction_of_peak"] >= 0.30
+        measured = (f"{fmt(m['achieved_gflops'])} of {fmt(rl['peak_gflops'])} GFLOP/s = {m['fraction_of_peak']:.0%}"
+                    if m else "not measured")
+        rows.append([f"{model}: achieved GFLOP/s at batch 32 >= 30% of the measured matmul peak", measured, _status(ok)])
+    # 3. HTTP, against the models alone measured in the same run (http.json's reference), else throughput.json
+    levels = {(r["endpoint"], r["concurrency"]): r for r in (http or {}).get("results", [])}
+    ref = (http or {}).get("reference") or {}
+    offline = (ref.get("embedder", {}).get("32") or {}).get("items_per_s") or _rate(tp, "embedder", "onnxruntime", 32)
+    e32 = levels.get(("embed", 32))
+    ok = None if e32 is None or offline is None else e32["items_per_s"] >= 0.7 * offline
+    rows.append(["HTTP /v1/embed throughput at concurrency 32 >= 70% of offline batch-32 throughput",
+                 f"{fmt(e32['items_per_s'])} vs {fmt(offline)} faces/s = {e32['items_per_s'] / offline:.0%}"
+                 if ok is not None else "not measured", _status(ok)])
+    variants = str((http or {}).get("variants", 1))
+    for endpoint, model in (("embed", "embedder"), ("synthesize", "mrgan")):
+        r1 = levels.get((endpoint, 1))
+        batch = "1" if endpoint == "embed" else variants
+        base = (ref.get(model, {}).get(batch) or {}).get("ms_per_batch") or _ms(tp, model, "onnxruntime", int(batch))
+        ok = None if r1 is None or base is None or r1["p99_ms"] is None else r1["p99_ms"] < 3 * base
+        what = "batch-1" if batch == "1" else f"batch-{batch} ({batch} variants per request)"
+        rows.append([f"HTTP /v1/{endpoint} p99 at concurrency 1 < 3x the {what} model time",
+                     f"p99 {fmt(r1['p99_ms'])} ms vs 3 x {fmt(base, 2)} ms = {fmt(3 * base)} ms "
+                     f"({r1['p99_ms'] / base:.1f}x)" if ok is not None else "not measured", _status(ok)])
+    # 4. bulk
+    for P in (bulk or {}).get("processes", [1, 2]):
+        c = (bulk or {}).get("results", {}).get("celery", {}).get(str(P))
+        o = (bulk or {}).get("results", {}).get("offline", {}).get(str(P))
+        ok = None if not c or not o else o["wall_s"] / c["wall_s"] >= 0.8
+        n = (bulk or {}).get("faces", 0) * (bulk or {}).get("variants", 0)
+        rows.append([f"bulk with {P} process(es): API + Celery >= 80% of offline `lrface augment`",
+                     f"{fmt(n / c['wall_s'])} vs {fmt(n / o['wall_s'])} images/s = {o['wall_s'] / c['wall_s']:.0%}"
+                     if ok is not None else "not measured", _status(ok)])
+    # 5. cost curve
+    if cost:
+        lin = cost["linearity"]
+        rows.append(["`lrface augment` time linear in the number of faces",
+                     f"t = {lin['startup_s']:.1f} s + {1000 * lin['s_per_face']:.1f} ms/face, worst miss "
+                     f"{lin['max_rel_residual']:.0%}, last step {lin['last_step_over_slope']:+.0%} vs fit (limit 20%)",
+                     _status(lin["linear"])])
+        mems = [r["peak_rss_mib"] for r in cost["runs"]]
+        rows.append(["`lrface augment` peak memory flat within 20%",
+                     f"{min(mems):.0f}–{max(mems):.0f} MiB (spread {cost['memory_spread']:.0%})", _status(cost["flat_memory"])])
+    else:
+        rows += [["`lrface augment` time linear in the number of faces", "not measured", "–"],
+                 ["`lrface augment` peak memory flat within 20%", "not measured", "–"]]
+    return rows
+
+
+def _model_line(path: str | None) -> str:
+    if not path:
+        return "–"
+    sidecar = Path(path).with_suffix(".json")
+    try:
+        model_id = json.loads(sidecar.read_text()).get("model_id", "?")
+    except (OSError, ValueError):
+        model_id = "?"
+    return f"`{path}` ({model_id})"
+
+
+def write_report(results: Path, out: Path, args, ran: list[str], failed: dict[str, str], started: dict,
+                 wall_s: float) -> None:
+    data = {json_name: load(results, json_name) for _, json_name in BENCHMARKS.values()}
+    end = machine()
+    lines = [
+        "# lrface benchmark results" + (" (quick smoke run)" if args.quick else ""),
+        "",
+        f"- machine: {started['cpu']}, {started['cores']} cores ({started['usable_cores']} usable), "
+        f"{started['memory_gib']} GiB memory",
+        f"- date: {started['date']} (run took {wall_s / 60:.1f} min)",
+        f"- load average (1/5/15 min) at start {started['load_avg_at_start']}, at end {end['load_avg_at_start']}"
+        + (" — other work was running: absolute numbers are pessimistic" if started["load_avg_at_start"][0] > 0.5 * started["cores"] else ""),
+        f"- software: Python {started['python']}, onnxruntime {started['onnxruntime']}, numpy {started['numpy']}",
+        f"- MR-GAN: {_model_line(str(args.mrgan))}; embedder: {_model_line(str(args.embedder))}",
+        f"- threads per process: {args.threads}",
+        f"- command: `python -m bench.run {' '.join(args.argv)}`",
+        "",
+        "## Targets",
+        "",
+        md_table(["target", "measured", "status"], targets(data)),
+        "",
+    ]
+    for name, (_, json_name) in BENCHMARKS.items():
+        d = data.get(json_name)
+        lines.append(f"## {d['title'] if d else name}")
+        lines.append("")
+        if name in failed:
+            lines += [f"**This run failed**: {failed[name]}", ""]
+        if d is None:
+            lines += ["not measured", ""]
+            continue
+        if name not in ran:
+            lines += [f"_from an earlier run ({d['machine']['date']}, load average {d['machine']['load_avg_at_start']})_", ""]
+        lines += [d["table_md"], ""] + [f"- {n}" for n in d.get("notes", [])] + [""]
+    lines.append(f"Raw numbers: `{results.relative_to(REPO) if results.is_relative_to(REPO) else results}/*.json`.")
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="lrface bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("benchmarks", nargs="*", metavar="NAME",
+                   help=f"which to run: {', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--quick", action="store_true", help="smoke runs (< 1 min each) into bench/results/quick/")
+    p.add_argument("--mrgan", type=Path, default=default_model_path("mrgan"))
+    p.add_argument("--embedder", type=Path, default=default_model_path("embedder"))
+    p.add_argument("--mrgan-ckpt", type=Path, help="MR-GAN checkpoint for the eager-torch comparison")
+    p.add_argument("--embedder-ckpt", type=Path, help="embedder / ran checkpoint for the eager-torch comparison")
+    p.add_argument("--threads", type=int, default=cpu_count())
+    p.add_argument("--report-only", action="store_true", help="only rebuild RESULTS.md from the JSON files")
+    args = p.parse_args(argv)
+    args.argv = argv
+    unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    selected = [] if args.report_only else (args.benchmarks or list(BENCHMARKS))
+    results = QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / "RESULTS.md" if args.quick else REPO / "bench" / "RESULTS.md"
+    started = machine()
+    t0 = time.perf_counter()
+    common = ["--mrgan", str(args.mrgan), "--embedder", str(args.embedder), "--threads", str(args.threads)]
+    if args.quick:
+        common.append("--quick")
+    ran, failed = [], {}
+    for name in selected:
+        module, _ = BENCHMARKS[name]
+        cmd = [sys.executable, "-m", module] + common
+        if name == "throughput":
+            for flag, value in (("--mrgan-ckpt", args.mrgan_ckpt), ("--embedder-ckpt", args.embedder_ckpt)):
+                if value is not None:
+                    cmd += [flag, str(value)]
+        print(f"\n== bench {name}: {' '.join(cmd[1:])}", flush=True)
+        t = time.perf_counter()
+        rc = subprocess.run(cmd, cwd=REPO, env=child_env()).returncode
+        print(f"== bench {name}: exit {rc} after {time.perf_counter() - t:.0f} s", flush=True)
+        if rc == 0:
+            ran.append(name)
+        else:
+            failed[name] = f"`{' '.join(cmd[1:])}` exited with {rc}"
+    write_report(results, out, args, ran, failed, started, time.perf_counter() - t0)
+    print(f"\nwrote {out}")
+    print(out.read_text().split("## Targets", 1)[1].split("\n## ", 1)[0])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
