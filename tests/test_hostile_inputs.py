@@ -2,7 +2,8 @@
 correctly (processed as it should be); none gives a 5xx or hangs (every request has a 30 s client timeout, and
 the server's body timeouts are 2 s here).
 
-The catalogue: 47 cases in tests/test_api_errors.py (A) plus the 73 new ones here (H), one test id each.
+The catalogue: 52 test ids in tests/test_api_errors.py (A) plus 87 new ones here (H), 139 in all, one test id
+per case (a few ids of A check two or three variants of their case).
 
 | area | case | expected | file |
 |---|---|---|---|
