@@ -14,17 +14,22 @@
 # Budgets are wall-clock minutes per run (each trainer also stops at its epoch/step count), so a GPU and a
 # CPU give the same recipe at different sizes. Environment (defaults in brackets):
 #   HR [../shared/data/hr-train]  LR [../shared/data/lr-train]  RUNS [runs]  DEVICE [auto]
-#   GAN_MIN [240]  EMB_MIN [120]  LR_MIN [60]  RAN_MIN [60]  GAN_STEPS [200000]  EMB_EPOCHS [40]
-#   RAN_EPOCHS [20]  VARIANTS [2]  SEED [0]  GAN_BATCH [32]  EMB_BATCH [256]  ABLATIONS [1]
+#   GAN_MIN [240]  EMB_MIN [55]  LR_MIN [38]  RAN_MIN [30]  GAN_STEPS [200000]  EMB_EPOCHS [10]
+#   RAN_EPOCHS [3]  VARIANTS [1]  SEED [0]  GAN_BATCH [32]  EMB_BATCH [128]  EMB_CONFIG [embedder_fast]
+#   ABLATIONS [1]  THREADS [1]  MRGAN_ONNX [unset: export this run's MR-GAN]
+# The defaults are the recipe of the shipped embedder on a 2-core CPU (one run per core); on a GPU raise the
+# epochs and use EMB_CONFIG=embedder_base (or embedder_iresnet50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HR=${HR:-../shared/data/hr-train}
 LR=${LR:-../shared/data/lr-train}
 RUNS=${RUNS:-runs}
 DEVICE=${DEVICE:-auto}
-GAN_MIN=${GAN_MIN:-240}; EMB_MIN=${EMB_MIN:-120}; LR_MIN=${LR_MIN:-60}; RAN_MIN=${RAN_MIN:-60}
-GAN_STEPS=${GAN_STEPS:-200000}; EMB_EPOCHS=${EMB_EPOCHS:-40}; RAN_EPOCHS=${RAN_EPOCHS:-20}
-VARIANTS=${VARIANTS:-2}; SEED=${SEED:-0}; GAN_BATCH=${GAN_BATCH:-32}; EMB_BATCH=${EMB_BATCH:-256}
+GAN_MIN=${GAN_MIN:-240}; EMB_MIN=${EMB_MIN:-55}; LR_MIN=${LR_MIN:-38}; RAN_MIN=${RAN_MIN:-30}
+GAN_STEPS=${GAN_STEPS:-200000}; EMB_EPOCHS=${EMB_EPOCHS:-10}; RAN_EPOCHS=${RAN_EPOCHS:-3}
+VARIANTS=${VARIANTS:-1}; SEED=${SEED:-0}; GAN_BATCH=${GAN_BATCH:-32}; EMB_BATCH=${EMB_BATCH:-128}
+EMB_CONFIG=${EMB_CONFIG:-embedder_fast}; THREADS=${THREADS:-1}
+[ "$DEVICE" = cuda ] && THREADS_FLAG="" || THREADS_FLAG="--threads $THREADS"
 ABLATIONS=${ABLATIONS:-1}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -35,13 +40,13 @@ ABLATION_CONFIGS="mrgan_no_attn_loss mrgan_no_attention mrgan_no_local_gen mrgan
 train_gan() {  # $1 = config
   local resume=""; [ -f "$RUNS/$1/last.pt" ] && resume=--resume
   $PY -m training.train_mrgan --config "$1" --hr "$HR" --lr "$LR" --out "$RUNS/$1" --device "$DEVICE" \
-    --steps "$GAN_STEPS" --max-minutes "$GAN_MIN" --batch-size "$GAN_BATCH" --seed "$SEED" $resume \
+    --steps "$GAN_STEPS" --max-minutes "$GAN_MIN" --batch-size "$GAN_BATCH" --seed "$SEED" $resume $THREADS_FLAG \
     >"$RUNS/logs/$1.log" 2>&1
 }
 train_emb() {  # $1 = mode (hr | hr_bicubic)
-  $PY -m training.train_embedder --config embedder_base --mode "$1" --hr "$HR" --out "$RUNS/embedder_$1" \
+  $PY -m training.train_embedder --config "$EMB_CONFIG" --mode "$1" --hr "$HR" --out "$RUNS/embedder_$1" \
     --device "$DEVICE" --epochs "$EMB_EPOCHS" --max-minutes "$EMB_MIN" --batch-size "$EMB_BATCH" \
-    --seed "$SEED" --resume >"$RUNS/logs/embedder_$1.log" 2>&1
+    --seed "$SEED" --resume $THREADS_FLAG >"$RUNS/logs/embedder_$1.log" 2>&1
 }
 
 stage_gan() {
@@ -56,21 +61,22 @@ stage_emb() {
   train_emb hr_bicubic & pids+=($!)
   for p in "${pids[@]}"; do wait "$p"; done
 }
-stage_synth() {
-  $PY -m training.export "$RUNS/mrgan_base/last.pt" "$RUNS/onnx/mrgan.onnx"
+stage_synth() {  # MRGAN_ONNX=models/weights/mrgan.onnx uses the shipped generator instead of this run's
+  local gen=${MRGAN_ONNX:-$RUNS/onnx/mrgan.onnx}
+  [ -n "${MRGAN_ONNX:-}" ] || $PY -m training.export "$RUNS/mrgan_base/last.pt" "$gen"
   $PY -m service.cli augment "$HR" "$RUNS/synth-hr-train" --variants "$VARIANTS" --seed "$SEED" \
-    --model "$RUNS/onnx/mrgan.onnx" --canvas >"$RUNS/logs/synth.log" 2>&1
+    --model "$gen" --canvas $THREADS_FLAG >"$RUNS/logs/synth.log" 2>&1
 }
 stage_lr() {
-  $PY -m training.train_embedder --config embedder_base --mode lr --hr "$HR" --lr-dir "$RUNS/synth-hr-train" \
+  $PY -m training.train_embedder --config "$EMB_CONFIG" --mode lr --hr "$HR" --lr-dir "$RUNS/synth-hr-train" \
     --out "$RUNS/embedder_lr" --device "$DEVICE" --epochs "$EMB_EPOCHS" --max-minutes "$LR_MIN" \
-    --batch-size "$EMB_BATCH" --seed "$SEED" --resume >"$RUNS/logs/embedder_lr.log" 2>&1
+    --batch-size "$EMB_BATCH" --seed "$SEED" --resume $THREADS_FLAG >"$RUNS/logs/embedder_lr.log" 2>&1
 }
 stage_ran() {
   $PY -m training.train_ran --config ran_base --hr "$HR" --lr-dir "$RUNS/synth-hr-train" \
     --hr-ckpt "$RUNS/embedder_hr/last.pt" --lr-ckpt "$RUNS/embedder_lr/last.pt" --out "$RUNS/ran_base" \
     --device "$DEVICE" --epochs "$RAN_EPOCHS" --max-minutes "$RAN_MIN" --batch-size "$EMB_BATCH" \
-    --seed "$SEED" --resume >"$RUNS/logs/ran_base.log" 2>&1
+    --seed "$SEED" --resume $THREADS_FLAG >"$RUNS/logs/ran_base.log" 2>&1
 }
 stage_export() {
   for r in embedder_hr embedder_hr_bicubic embedder_lr ran_base; do
