@@ -28,6 +28,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import redis
 
@@ -504,22 +505,8 @@ def _extract_zip(archive: Path, dest: Path, archive_bytes: int, limits: ArchiveL
                 raise _unsafe(f"member {info.filename!r} is encrypted")
             members.append((parts, info.is_dir(), info.file_size, info.compress_size))
             budget.add(parts, info.file_size, info.compress_size)
-        written = 0
-        try:
-            for info, (parts, is_dir, size, _) in zip(infos, members):
-                if not parts:
-                    continue
-                if is_dir:
-                    dest.joinpath(*parts).mkdir(parents=True, exist_ok=True)
-                    continue
-                with zf.open(info) as stream:
-                    _write_member(dest, parts, stream, size)
-                written += 1
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
-            if isinstance(exc, (FileExistsError, NotADirectoryError, IsADirectoryError)):
-                raise _unsafe(f"the archive's members overlap each other: {exc}") from None
-            raise JobInputError(400, "bad_archive", f"the zip archive is corrupt: {exc}") from None
-    return written
+        return _write_members(dest, infos, members, zf.open, "zip",
+                              (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError))
 
 
 def _extract_tar(archive: Path, dest: Path, archive_bytes: int, limits: ArchiveLimits) -> int:
@@ -546,24 +533,37 @@ def _extract_tar(archive: Path, dest: Path, archive_bytes: int, limits: ArchiveL
                 budget.add(parts, info.size, None)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise JobInputError(400, "bad_archive", f"the tar archive is corrupt: {exc}") from None
-        written = 0
-        try:
-            for info, (parts, is_dir, size, _) in zip(infos, members):
-                if not parts:
-                    continue
-                if is_dir:
-                    dest.joinpath(*parts).mkdir(parents=True, exist_ok=True)
-                    continue
-                stream = tf.extractfile(info)
-                if stream is None:
-                    raise _unsafe(f"member {info.name!r} has no data")
-                with stream:
-                    _write_member(dest, parts, stream, size)
-                written += 1
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            if isinstance(exc, (FileExistsError, NotADirectoryError, IsADirectoryError)):
-                raise _unsafe(f"the archive's members overlap each other: {exc}") from None
-            raise JobInputError(400, "bad_archive", f"the tar archive is corrupt: {exc}") from None
+
+        def open_member(info: tarfile.TarInfo):
+            stream = tf.extractfile(info)
+            if stream is None:
+                raise _unsafe(f"member {info.name!r} has no data")
+            return stream
+
+        return _write_members(dest, infos, members, open_member, "tar", (tarfile.TarError, EOFError, OSError))
+
+
+def _write_members(dest: Path, infos: list, members: list[tuple], open_member: Callable,
+                   archive_kind: str, errors: tuple[type[BaseException], ...]) -> int:
+    """Write the checked members (folders made, files streamed through `_write_member`); returns the file count.
+
+    `open_member(info)` gives a member's data stream; `errors` are the archive library's read errors, reported as
+    a corrupt `archive_kind` archive (or as overlapping members, when a path is already a file or a folder)."""
+    written = 0
+    try:
+        for info, (parts, is_dir, size, _) in zip(infos, members):
+            if not parts:
+                continue
+            if is_dir:
+                dest.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                continue
+            with open_member(info) as stream:
+                _write_member(dest, parts, stream, size)
+            written += 1
+    except errors as exc:
+        if isinstance(exc, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+            raise _unsafe(f"the archive's members overlap each other: {exc}") from None
+        raise JobInputError(400, "bad_archive", f"the {archive_kind} archive is corrupt: {exc}") from None
     return written
 
 

@@ -50,3 +50,15 @@ def embedder(embedder_path):
     from service.inference import Embedder
 
     return Embedder(embedder_path, threads=1)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`):
+    on a small shared CPU, OpenMP threads spinning against other processes cost far more."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

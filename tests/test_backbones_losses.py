@@ -10,12 +10,7 @@ from training.losses import (ArcFace, CosFace, MarginHead, feature_loss, margin_
 from training.train_embedder import bicubic_degrade, learning_rate  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name, dim", [("mbf_tiny", 32), ("mbf_small", 128), ("mbf_fast", 128), ("iresnet18", 64)])

@@ -14,13 +14,7 @@ ABLATIONS = ["mrgan_base", "mrgan_no_attn_loss", "mrgan_no_attention", "mrgan_no
              "mrgan_no_local_gen_no_attention", "mrgan_no_local_gen_no_attention_no_local_disc"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads spinning against other processes cost far more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ from training.train_embedder import NormalisedEmbedding, load_checkpoint  # noqa
 from training.train_ran import feature_supervision_applies, source_stem  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model_mr(seed: int = 0) -> ModelMR:

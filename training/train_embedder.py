@@ -9,13 +9,13 @@ fraction by a bicubic down/up-sampled copy at a random LR height, and trains bac
 cross-entropy. The batch order and augmentation of step k depend only on (seed, epoch, k), so a resumed run
 sees the same batches as an uninterrupted one.
 
-Also here, shared with `train_ran`: device choice, batch gathering, bicubic degradation, the metrics log,
-atomic checkpoints and the ONNX export of an embedding network (embedder contract, docs/ARCHITECTURE.md).
+Also here, shared with `train_ran`: batch gathering, bicubic degradation, the learning-rate schedule, the
+optimizer and the ONNX export of an embedding network (embedder contract, docs/ARCHITECTURE.md). Device setup,
+seeding, checkpoints, the metrics log and progress output live in `training.common` (re-exported here).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import inspect
 import json
@@ -33,7 +33,10 @@ from torch import nn
 
 from models.backbones import count_parameters, get_model
 from models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
-from training.configs import load_config
+from training.common import (MetricsLog, Progress, RunControl, add_run_flags, epoch_order,  # noqa: F401
+                             epoch_plan, load_checkpoint, load_typed_config, pick_device, resolve_config,
+                             resume_checkpoint, save_checkpoint, set_learning_rate, setup_device, step_generator,
+                             to_device_uint8)  # some only re-exported: older imports from here keep working
 from training.configs.embedder_base import EmbedderConfig
 from training.data import list_images, load_face_folder
 from training.losses import MarginHead, margin_loss
@@ -44,35 +47,6 @@ METRIC_FIELDS = ["step", "epoch", "time", "lr", "loss", "acc", "bicubic_frac", "
 
 # ---------------------------------------------------------------------------------------------------------------
 # device, batches, augmentation (shared with train_ran)
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but CUDA is not available")
-    return torch.device(name)
-
-
-def setup_device(args: argparse.Namespace) -> tuple[torch.device, bool]:
-    """Threads, cuDNN autotuning; returns the device and whether bf16 autocast is on (CUDA only)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    use_amp = False
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        use_amp = (args.amp is not False) and torch.cuda.is_bf16_supported()
-    elif args.amp:
-        print("note: --amp is for CUDA (bf16 autocast); training in float32 on the CPU", flush=True)
-    return device, use_amp
-
-
-def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """N x H x W x 3 uint8 array -> N x 3 x H x W uint8 tensor on the device."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
-
 
 def gather(images_u8: torch.Tensor, index: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """A float batch in [-1, 1] from uint8 images; `flip` (bool [N]) mirrors those faces left-right."""
@@ -95,15 +69,6 @@ def bicubic_degrade(x: torch.Tensor, heights: torch.Tensor) -> torch.Tensor:
         out[rows] = F.interpolate(small, size=(FACE_HEIGHT, FACE_WIDTH), mode="bicubic",
                                   align_corners=False).clamp_(-1.0, 1.0)
     return out
-
-
-def step_generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator that depends only on (seed, keys): batches do not depend on where a run was resumed."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]))
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    return torch.randperm(n, generator=step_generator(seed, 1, epoch))
 
 
 def learning_rate(base_lr: float, step: int, total_steps: int, warmup_steps: int, schedule: str,
@@ -139,77 +104,6 @@ def param_groups(*modules: nn.Module) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # outputs (shared with train_ran)
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if kind is not None and ckpt.get("kind") != kind:
-        raise SystemExit(f"{path} is a {ckpt.get('kind')!r} checkpoint, not {kind!r}")
-    return ckpt
-
-
-class MetricsLog:
-    """metrics.csv, appended across resumes; rows are held as device tensors and read back once per flush."""
-
-    def __init__(self, path: Path, fields: list[str]):
-        self.path, self.fields = path, fields
-        self.rows: list[tuple[dict, dict]] = []
-        if not path.exists():
-            with open(path, "w", newline="") as f:
-                csv.writer(f, lineterminator="\n").writerow(fields)
-
-    def add(self, plain: dict, tensors: dict) -> None:
-        self.rows.append((plain, {k: v.detach().float().reshape(()) for k, v in tensors.items()}))
-
-    def flush(self) -> dict:
-        """Write the buffered rows; returns the mean of each tensor column over them (plus the last plain row)."""
-        if not self.rows:
-            return {}
-        keys = sorted({k for _, t in self.rows for k in t})
-        device = next(v for _, t in self.rows for v in t.values()).device
-        nan = torch.tensor(float("nan"), device=device)
-        values = torch.stack([torch.stack([t.get(k, nan) for k in keys]) for _, t in self.rows]).cpu()
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, self.fields, extrasaction="ignore", lineterminator="\n")
-            for (plain, _), row_values in zip(self.rows, values.tolist()):
-                row = dict(plain)
-                row.update({k: "" if math.isnan(v) else f"{v:.6g}" for k, v in zip(keys, row_values)})
-                w.writerow(row)
-        summary = {k: float(np.nanmean(values[:, i].numpy())) if not torch.isnan(values[:, i]).all() else float("nan")
-                   for i, k in enumerate(keys)}
-        summary.update(self.rows[-1][0])
-        self.rows = []
-        return summary
-
-
-class Progress:
-    """tqdm on a terminal, otherwise one flushed line per log interval."""
-
-    def __init__(self, total: int, initial: int, desc: str):
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def report(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(line)
-        else:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
 
 class NormalisedEmbedding(nn.Module):
     """An embedding network with the L2 normalisation inside the graph (the embedder ONNX contract)."""
@@ -266,32 +160,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr-dir", help="--mode lr: synthesized LR faces (`lrface augment` output), folder per identity")
     p.add_argument("--config", default="embedder_base", help="training/configs/NAME.py (default embedder_base)")
     p.add_argument("--out", required=True, help="run directory: last.pt, metrics.csv")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists (else start)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="stop (and save) after this many steps in total")
-    p.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint) after this much wall time")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, help="peak learning rate")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (CUDA only; default on there)")
-    p.add_argument("--log-every", type=int)
-    p.add_argument("--limit", type=int, help="load only the first N images")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--cache-dir", help="cache loaded folders as .npz here")
+    add_run_flags(p, max_steps_help="stop (and save) after this many steps in total",
+                  max_minutes_help="stop cleanly (checkpoint) after this much wall time", batch_help=None,
+                  limit_help="load only the first N images")
     args = p.parse_args(argv)
     if args.mode in ("hr", "hr_bicubic") and not args.hr:
         p.error(f"--mode {args.mode} needs --hr")
     if args.mode == "lr" and not args.lr_dir:
         p.error("--mode lr needs --lr-dir")
     return args
-
-
-def resolve_config(args: argparse.Namespace, base):
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.learning_rate,
-                 "seed": args.seed, "log_every": args.log_every}
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def identity_names(root: str | os.PathLike) -> list[str]:
@@ -326,19 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device, use_amp = setup_device(args)
 
-    ckpt = None
-    if args.resume and (out / "last.pt").exists():
-        ckpt = load_checkpoint(out / "last.pt", "embedder")
+    ckpt = resume_checkpoint(out, args.resume, "embedder", "train-embedder")
+    if ckpt is not None:
         if ckpt["mode"] != args.mode:
             raise SystemExit(f"train-embedder: {out / 'last.pt'} was trained with --mode {ckpt['mode']}, "
                              f"not {args.mode}")
         base = EmbedderConfig(**ckpt["config"])
     else:
-        if args.resume:
-            print(f"train-embedder: no {out / 'last.pt'} yet; starting a new run", flush=True)
-        base = load_config(args.config)
-        if not isinstance(base, EmbedderConfig):
-            raise SystemExit(f"train-embedder: config {args.config!r} is not an EmbedderConfig")
+        base = load_typed_config(args.config, EmbedderConfig, "train-embedder", "an")
     cfg = resolve_config(args, base)
 
     # data: every image as uint8 on the device
@@ -349,10 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     images = to_device_uint8(images_np, device)
     labels = torch.from_numpy(labels_np).to(device)
     n = len(labels)
-    batch_size = max(2, min(cfg.batch_size, n))  # BatchNorm needs two faces
-    steps_per_epoch = max(1, n // batch_size)
-    total_steps = cfg.epochs * steps_per_epoch  # the learning-rate schedule's length
-    stop_at = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
+    # BatchNorm needs two faces; total_steps is the learning-rate schedule's length
+    batch_size, steps_per_epoch, total_steps, stop_at = epoch_plan(n, cfg.batch_size, cfg.epochs, args.max_steps)
 
     # model, head, optimizer
     net = get_model(cfg.network, embedding_dim=cfg.embedding_dim).to(device)
@@ -390,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     bicubic_prob = cfg.bicubic_prob if args.mode == "hr_bicubic" else 0.0
     net.train()
     head.train()
-    start_step, last_save, stop_reason = step, time.time(), None
+    control = RunControl(args.max_minutes, cfg.save_every_minutes, metrics, progress, checkpoint)
+    start_step, stop_reason = step, None
     try:
         while step < stop_at:
             epoch, position = divmod(step, steps_per_epoch)
@@ -409,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             y = labels[index.to(device)]
 
             lr_now = learning_rate(cfg.lr, step, total_steps, warmup_steps, cfg.schedule, cfg.milestones)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
+            set_learning_rate(optimizer, lr_now)
             with autocast:
                 emb = net(x)
             loss, acc = margin_loss(head, emb.float(), y)
@@ -429,18 +299,12 @@ def main(argv: list[str] | None = None) -> int:
                 last = metrics.flush()
                 progress.report(f"step {step}/{total_steps} epoch {epoch} lr {lr_now:.4g} loss {last['loss']:.4f} "
                                 f"acc {last['acc']:.3f} {elapsed / max(step - start_step, 1):.2f}s/step")
-            if args.max_minutes is not None and elapsed > args.max_minutes * 60:
-                stop_reason = f"--max-minutes {args.max_minutes} reached"
+            stop_reason = control.after_step(elapsed)
+            if stop_reason:
                 break
-            if cfg.save_every_minutes > 0 and time.time() - last_save > cfg.save_every_minutes * 60:
-                metrics.flush()
-                checkpoint()
-                last_save = time.time()
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-    progress.close()
-    metrics.flush()
-    checkpoint()
+    control.finish()
     print(f"train-embedder: {stop_reason + ', stopped' if stop_reason else 'done'} at step {step} "
           f"(epoch {step / steps_per_epoch:.2f}); {out / 'last.pt'}", flush=True)
     return 130 if stop_reason == "interrupted" else 0

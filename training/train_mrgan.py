@@ -26,7 +26,8 @@ from PIL import Image
 
 from models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
 from models.mrgan import MRGANConfig, build_discriminators, build_generator, config_from_dict
-from training.configs import load_config
+from training.common import (Progress, add_data_flags, add_device_flags, apply_overrides, configure_torch,
+                             load_typed_config, save_checkpoint, time_up, to_device_uint8)
 from training.data import load_face_folder
 from training.gan_losses import (attention_activation_loss, low_frequency_loss, lsgan_discriminator_loss,
                                  lsgan_generator_loss, pixel_loss)
@@ -48,40 +49,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # `--lr` names the real LR folder, so the learning rate is `--learning-rate`
     p.add_argument("--learning-rate", type=float, help="Adam learning rate of generator and discriminators")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast on CUDA")
+    add_device_flags(p, amp_help="bf16 autocast on CUDA")
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--sample-every", type=int)
     p.add_argument("--log-every", type=int)
-    p.add_argument("--limit", type=int, help="load only the first N images of each folder")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--cache-dir", help="cache loaded folders as .npz here")
+    add_data_flags(p, limit_help="load only the first N images of each folder")
     return p.parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace, base: MRGANConfig) -> MRGANConfig:
     """The config with every command-line flag that was given written over it."""
-    overrides = {
+    return apply_overrides(base, {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.learning_rate, "seed": args.seed,
         "amp": args.amp, "ckpt_every": args.ckpt_every, "sample_every": args.sample_every, "log_every": args.log_every,
-    }
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("train-mrgan: --device cuda but CUDA is not available")
-    return torch.device(name)
+    })
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # data: uint8 NCHW tensors on the device, batches drawn with one seeded torch.Generator
-
-def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
-
 
 def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
     return batch_u8.float() / 127.5 - 1.0
@@ -143,12 +128,6 @@ def bottleneck(x: torch.Tensor, height: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # outputs
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 class MetricsLog:
     """metrics.csv (appended on resume); rows are buffered as tensors and read back in one go (one device sync per flush)."""
 
@@ -209,13 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = configure_torch(args.threads, args.device, "train-mrgan")
 
     ckpt = None
     if args.resume:
@@ -226,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"train-mrgan: {out / 'last.pt'} is a {ckpt.get('kind')!r} checkpoint, not mrgan")
         base = config_from_dict(ckpt["config"])
     else:
-        base = load_config(args.config)
-        if not isinstance(base, MRGANConfig):
-            raise SystemExit(f"train-mrgan: config {args.config!r} is not an MRGANConfig")
+        base = load_typed_config(args.config, MRGANConfig, "train-mrgan", "an")
     cfg = resolve_config(args, base)
     use_amp = cfg.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
@@ -289,11 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = MetricsLog(out / "metrics.csv", append=ckpt is not None)  # a fresh run starts a fresh log
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
-    interactive = sys.stderr.isatty()
-    progress = None
-    if interactive:
-        from tqdm import tqdm
-        progress = tqdm(total=cfg.steps, initial=step, desc="mrgan", dynamic_ncols=True)
+    progress = Progress(cfg.steps, step, "mrgan")
     start = time.time()
     start_step = step
     stopped_early = False
@@ -357,17 +324,13 @@ def main(argv: list[str] | None = None) -> int:
                        loss_attention=loss_attention, attention_mean=result["attention"].mean())
         metrics.add({"step": step, "time": f"{elapsed_before + elapsed:.2f}", "height": h,
                      "pixel_applied": int(pixel_applied), "g_updates": g_updates}, tensors)
-        if progress is not None:
-            progress.update(1)
+        progress.update()
         if step % cfg.log_every == 0 or step == cfg.steps:
             last = metrics.flush()
             line = (f"step {step}/{cfg.steps} h={h} loss_d={last['loss_d']:.4f} loss_g={last['loss_g']:.4f} "
                     f"attention={last['attention_mean']:.3f} {elapsed / max(step - start_step, 1):.3f}s/step")
-            if progress is not None:
-                progress.set_postfix_str(line.split(" ", 2)[2])
-            else:
-                print(line, flush=True)
-        if args.max_minutes is not None and elapsed > args.max_minutes * 60:
+            progress.report(line, postfix=line.split(" ", 2)[2])
+        if time_up(args.max_minutes, elapsed):
             print(f"train-mrgan: --max-minutes {args.max_minutes} reached at step {step}", flush=True)
             stopped_early = True
             break
@@ -378,8 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             if step % cfg.sample_every == 0:
                 samples()
 
-    if progress is not None:
-        progress.close()
+    progress.close()
     metrics.flush()
     checkpoint()
     samples()

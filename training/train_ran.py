@@ -34,13 +34,14 @@ import torch.nn.functional as F
 
 from models.backbones import count_parameters, get_model
 from models.ran import ModelMR
-from training.configs import load_config
+from training.common import (MetricsLog, Progress, RunControl, add_run_flags, epoch_order, epoch_plan,
+                             load_checkpoint, load_typed_config, resolve_config, resume_checkpoint, save_checkpoint,
+                             set_learning_rate, setup_device, step_generator, to_device_uint8)
 from training.configs.ran_base import RANConfig
 from training.data import list_images, load_face_folder
 from training.losses import MarginHead, feature_loss, margin_loss
-from training.train_embedder import (MetricsLog, Progress, bicubic_degrade, build_optimizer, epoch_order,
-                                     export_embedding_module, gather, learning_rate, load_checkpoint, param_groups,
-                                     save_checkpoint, setup_device, step_generator, to_device_uint8)
+from training.train_embedder import (bicubic_degrade, build_optimizer, export_embedding_module, gather,
+                                     learning_rate, param_groups)
 
 METRIC_FIELDS = ["step", "epoch", "time", "lr", "loss", "cls_hr", "cls_lr", "acc_hr", "acc_lr", "feat_dist",
                  "feat_applied", "feature_updates", "adv_g", "loss_d", "w_hr", "w_lr", "w_mean", "bicubic_frac",
@@ -177,27 +178,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr-ckpt", help="Model_LR checkpoint (train-embedder --mode lr); default: a copy of Model_HR")
     p.add_argument("--config", default="ran_base", help="training/configs/NAME.py (default ran_base)")
     p.add_argument("--out", required=True, help="run directory: last.pt, metrics.csv, " + FIG3_NAME)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists (else start)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="stop (and save) after this many updates in total")
-    p.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint + figure) after this much wall time")
-    p.add_argument("--batch-size", type=int, help="HR/LR pairs per update")
-    p.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, help="peak learning rate")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (CUDA only; default on there)")
-    p.add_argument("--log-every", type=int)
-    p.add_argument("--limit", type=int, help="load only the first N HR images (and their LR variants)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--cache-dir", help="cache loaded folders as .npz here")
+    add_run_flags(p, max_steps_help="stop (and save) after this many updates in total",
+                  max_minutes_help="stop cleanly (checkpoint + figure) after this much wall time",
+                  batch_help="HR/LR pairs per update",
+                  limit_help="load only the first N HR images (and their LR variants)")
     return p.parse_args(argv)
-
-
-def resolve_config(args: argparse.Namespace, base: RANConfig) -> RANConfig:
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.learning_rate,
-                 "seed": args.seed, "log_every": args.log_every}
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,18 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device, use_amp = setup_device(args)
 
-    ckpt = None
-    if args.resume and (out / "last.pt").exists():
-        ckpt = load_checkpoint(out / "last.pt", "ran")
+    ckpt = resume_checkpoint(out, args.resume, "ran", "train-ran")
+    if ckpt is not None:
         base = RANConfig(**ckpt["config"])
     else:
-        if args.resume:
-            print(f"train-ran: no {out / 'last.pt'} yet; starting a new run", flush=True)
         if not args.hr_ckpt:
             raise SystemExit("train-ran: --hr-ckpt (Model_HR) is required for a new run")
-        base = load_config(args.config)
-        if not isinstance(base, RANConfig):
-            raise SystemExit(f"train-ran: config {args.config!r} is not a RANConfig")
+        base = load_typed_config(args.config, RANConfig, "train-ran")
     cfg = resolve_config(args, base)
 
     # data
@@ -237,10 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     hr_images = to_device_uint8(hr_folder.images, device)
     labels = torch.from_numpy(hr_folder.labels).to(device)
     n = len(hr_folder)
-    batch_size = max(2, min(cfg.batch_size, n))
-    steps_per_epoch = max(1, n // batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    stop_at = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
+    batch_size, steps_per_epoch, total_steps, stop_at = epoch_plan(n, cfg.batch_size, cfg.epochs, args.max_steps)
 
     # model: branches from the Model_HR / Model_LR checkpoints (or from our own checkpoint when resuming)
     head_init = None
@@ -307,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         model.hr_branch.eval()  # frozen BatchNorm statistics too
     zeros = torch.zeros(batch_size, 1, device=device)
     ones = torch.ones(batch_size, 1, device=device)
-    start_step, last_save, stop_reason = step, time.time(), None
+    control = RunControl(args.max_minutes, cfg.save_every_minutes, metrics, progress, checkpoint)
+    start_step, stop_reason = step, None
     try:
         while step < stop_at:
             # --- batch: B HR faces and an LR version of each (synthesized variant or bicubic copy)
@@ -332,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             y = labels[index.to(device)]
 
             lr_now = learning_rate(cfg.lr, step, total_steps, warmup_steps, cfg.schedule, cfg.milestones)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
+            set_learning_rate(optimizer, lr_now)
 
             # --- Model_MR forward; D_LR only gives W here (its own update follows)
             discriminator.requires_grad_(False)
@@ -395,18 +372,12 @@ def main(argv: list[str] | None = None) -> int:
                                 f"acc_hr {last['acc_hr']:.3f} acc_lr {last['acc_lr']:.3f} W_hr {last['w_hr']:.3f} "
                                 f"W_lr {last['w_lr']:.3f} feat {last['feat_dist']:.4f} loss_d {last['loss_d']:.3f} "
                                 f"{elapsed / max(step - start_step, 1):.2f}s/step")
-            if args.max_minutes is not None and elapsed > args.max_minutes * 60:
-                stop_reason = f"--max-minutes {args.max_minutes} reached"
+            stop_reason = control.after_step(elapsed)
+            if stop_reason:
                 break
-            if cfg.save_every_minutes > 0 and time.time() - last_save > cfg.save_every_minutes * 60:
-                metrics.flush()
-                checkpoint()
-                last_save = time.time()
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-    progress.close()
-    metrics.flush()
-    checkpoint()
+    control.finish()
     print(f"train-ran: {stop_reason + ', stopped' if stop_reason else 'done'} at step {step} "
           f"({feature_updates} with feature supervision); {out / 'last.pt'}, {out / FIG3_NAME}", flush=True)
     return 130 if stop_reason == "interrupted" else 0
