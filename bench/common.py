@@ -124,7 +124,9 @@ def fmt(x, digits: int = 1) -> str:
 def save_result(args, name: str, payload: dict) -> Path:
     """Write `payload` (+ machine, argv, quick) to <results dir>/<name>.json; returns the path."""
     path = results_dir(args) / f"{name}.json"
-    payload = {"benchmark": name, "quick": bool(args.quick), "argv": sys.argv[1:], "machine": machine(), **payload}
+    models = {"mrgan": str(Path(args.mrgan).resolve()), "embedder": str(Path(args.embedder).resolve())}
+    payload = {"benchmark": name, "quick": bool(args.quick), "argv": sys.argv[1:], "machine": machine(),
+               "model_files": models, **payload}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)

@@ -141,6 +141,14 @@ def _model_line(path: str | None) -> str:
 def write_report(results: Path, out: Path, args, ran: list[str], failed: dict[str, str], started: dict,
                  wall_s: float) -> None:
     data = {json_name: load(results, json_name) for _, json_name in BENCHMARKS.values()}
+    # A JSON left by a run on other models is not this run's: reported as such, kept out of the targets.
+    wanted = {"mrgan": str(Path(args.mrgan).resolve()), "embedder": str(Path(args.embedder).resolve())}
+    stale = {}
+    for name, (_, json_name) in BENCHMARKS.items():
+        d = data.get(json_name)
+        if d is not None and name not in ran and d.get("model_files") != wanted:
+            stale[name] = d.get("model_files")
+            data[json_name] = None
     end = machine()
     lines = [
         "# lrface benchmark results" + (" (quick smoke run)" if args.quick else ""),
@@ -167,7 +175,8 @@ def write_report(results: Path, out: Path, args, ran: list[str], failed: dict[st
         if name in failed:
             lines += [f"**This run failed**: {failed[name]}", ""]
         if d is None:
-            lines += ["not measured", ""]
+            lines += [f"not measured (the last results were for other models: {stale[name]})" if name in stale
+                      else "not measured", ""]
             continue
         if name not in ran:
             lines += [f"_from an earlier run ({d['machine']['date']}, load average {d['machine']['load_avg_at_start']})_", ""]

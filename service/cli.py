@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lrface: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, _ = COMMANDS[command]
+    if module_name.startswith("bench."):
+        # bench/ is not part of the installed package; it runs from a source checkout
+        root = Path(__file__).resolve().parents[1]
+        if (root / "bench" / "run.py").is_file() and str(root) not in sys.path:
+            sys.path.insert(0, str(root))
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -80,7 +80,9 @@ def load_face_folder(root: str | os.PathLike, *, cache_dir: str | os.PathLike | 
         cache_file = Path(cache_dir) / f"faces-{root.name}-{_cache_key(root, paths)}.npz"
         if cache_file.exists():
             z = np.load(cache_file, allow_pickle=False)
-            return FaceFolder(z["images"], z["labels"], list(z["identities"]), z["native_heights"], list(z["paths"]))
+            # plain str, not numpy.str_: identities end up in checkpoints, which load with weights_only=True
+            return FaceFolder(z["images"], z["labels"], [str(i) for i in z["identities"]], z["native_heights"],
+                              [str(p) for p in z["paths"]])
     with ThreadPoolExecutor(max_workers=workers) as pool:
         loaded = list(pool.map(_load_one, paths))
     keep = [(p, r) for p, r in zip(paths, loaded) if r is not None]
