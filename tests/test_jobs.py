@@ -24,6 +24,9 @@ from service_helpers import (
 )
 
 VISIBILITY_TIMEOUT = 3  # seconds before a task held by a dead worker is handed out again
+# seconds without progress before the workers' sweeper re-queues a chunk the broker lost (a SIGKILL between
+# Redis' pop of a task and its bookkeeping as unacknowledged loses it: see tests/test_faults.py)
+STALL_TIMEOUT = 3
 
 
 @pytest.fixture
@@ -36,11 +39,13 @@ def bulk(tmp_path, mrgan_path, embedder_path):
         "LRFACE_KEY_PREFIX": prefix,
         "LRFACE_QUEUE": queue,
         "LRFACE_BROKER_VISIBILITY_TIMEOUT": VISIBILITY_TIMEOUT,
+        "LRFACE_JOB_STALL_TIMEOUT": STALL_TIMEOUT,
         "LRFACE_CHUNK_SIZE": 2,
     }
     env = service_env(tmp_path, mrgan_path, embedder_path, **overrides)
     settings = Settings(broker_url=TEST_REDIS_URL, key_prefix=prefix, queue=queue, chunk_size=2,
-                        broker_visibility_timeout=VISIBILITY_TIMEOUT, data_root=tmp_path / "data",
+                        broker_visibility_timeout=VISIBILITY_TIMEOUT, job_stall_timeout=STALL_TIMEOUT,
+                        data_root=tmp_path / "data",
                         jobs_root=tmp_path / "jobs", state_dir=tmp_path / "state")
     store = JobStore.from_settings(settings)
     celery = make_celery(settings)
