@@ -234,3 +234,16 @@ def check_job_outputs(output_dir: Path, sources: list[str], variants: int, seed:
         with Image.open(output_dir / r["output"]) as im:
             assert im.size == (r["width"], r["height"]), f"{r['output']} is {im.size}, the manifest says {r}"
     return rows
+
+
+def child_pids(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found

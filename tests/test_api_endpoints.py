@@ -17,6 +17,7 @@ from service_helpers import (
     HR_FACES,
     RAW_PHOTOS,
     check_job_outputs,
+    child_pids,
     make_faces,
     serve,
     service_env,
@@ -191,7 +192,7 @@ def test_job_state_survives_a_restart_of_serve(stack, http):
     assert jobs, "earlier tests created jobs"
     before = {j: http.get(f"/v1/jobs/{j}").json()["state"] for j in jobs}
     http.close()
-    children = _children(stack.proc.pid)
+    children = child_pids(stack.proc.pid)
     assert len(children) >= 2, "serve should run an embedded redis-server and a worker"
     assert stack.stop() == 0  # SIGTERM: a clean exit ...
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and _state_of(pid) != "Z"]  # ... children gone
@@ -204,16 +205,6 @@ def test_job_state_survives_a_restart_of_serve(stack, http):
     assert after == before
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def _state_of(pid: int) -> str:

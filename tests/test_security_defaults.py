@@ -17,6 +17,7 @@ from service_helpers import (
     HR_FACES,
     REPO,
     TEST_REDIS_URL,
+    child_pids,
     forget_namespace,
     redis_or_skip,
     serve,
@@ -86,22 +87,12 @@ def test_cors_allows_only_the_configured_origins(tmp_path):
 
 # -- logs ------------------------------------------------------------------------------------------------------
 
-def _pids_children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def _embedded_redis_password(serve_pid: int) -> str | None:
     # The worker child gets the embedded broker's URL, password included, in its environment. (redis-server
     # itself rewrites its command line, so the password cannot be read from there.)
-    for pid in _pids_children(serve_pid):
+    for pid in child_pids(serve_pid):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
