@@ -43,6 +43,7 @@ def _inputs(model: str, batch: int, z_dim: int, seed: int = 0) -> dict:
     if model == "mrgan":
         feed["z"] = rng.standard_normal((batch, z_dim)).astype(np.float32)
         feed["scale"] = (rng.integers(18, 57, (batch, 1)) / 112.0).astype(np.float32)
+        feed["noise"] = rng.standard_normal((batch, 3, 112, 96)).astype(np.float32)
     return feed
 
 
@@ -67,7 +68,9 @@ def child(args) -> dict:
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(args.path), sess_options=options, providers=["CPUExecutionProvider"])
         out["built"] = "onnxruntime InferenceSession, CPUExecutionProvider"
-        make = lambda b: (lambda feed=_inputs(args.model, b, z_dim): session.run(None, feed))  # noqa: E731
+        names = {i.name for i in session.get_inputs()}  # a generator without the sensor stage has no `noise`
+        make = lambda b: (lambda feed={k: v for k, v in _inputs(args.model, b, z_dim).items() if k in names}:  # noqa: E731
+                          session.run(None, feed))
     elif args.child == "core":
         from bench.common import jitter, source_faces
         from service.inference import Embedder, Synthesizer

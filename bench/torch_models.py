@@ -48,9 +48,9 @@ def load_eager(onnx_path: str | Path, ckpt_path: str | Path | None, what: str) -
     sidecar = Path(onnx_path).with_suffix(".json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     if what == "mrgan" and isinstance(meta.get("config"), dict):
-        from models.mrgan import LRCanvasGenerator, build_generator, config_from_dict
+        from models.mrgan import LRGenerator, build_generator, config_from_dict
 
         torch.manual_seed(0)
         gen = build_generator(config_from_dict(meta["config"]))
-        return LRCanvasGenerator(gen).eval(), f"untrained weights from {sidecar.name}'s config (no checkpoint given)"
+        return LRGenerator(gen).eval(), f"untrained weights from {sidecar.name}'s config (no checkpoint given)"
     return None, f"no checkpoint given (--{what}-ckpt) and {sidecar.name} does not describe the architecture"

@@ -1,4 +1,4 @@
-"""Face geometry and image conventions shared by training, export and inference (numpy + Pillow only).
+"""Face geometry and image conventions shared by training, export and inference (numpy + Pillow; simplejpeg if present).
 
 Everything that says what an "aligned face" is lives here, once:
 - the 112x96 (height x width) five-point template and the eyes / nose / mouth regions on it,
@@ -89,6 +89,55 @@ def lr_width_for_height(height: int) -> int:
     return max(1, int(round(height * FACE_WIDTH / FACE_HEIGHT)))
 
 
+try:  # libjpeg-turbo straight to RGB: the same pixels as Pillow's JPEG decoder (both are libjpeg-turbo with its
+    import simplejpeg  # accurate defaults), without Pillow's per-image overhead
+except ImportError:  # pragma: no cover - optional speed-up
+    simplejpeg = None
+
+# Segments a plain JPEG may carry before its frame for the fast path: JFIF / JFXX (APP0), Adobe (APP14), comments,
+# tables, restart interval. Anything else (EXIF orientation in APP1, MPO in APP2, ...) takes Pillow's path.
+_PLAIN_JPEG_SEGMENTS = frozenset({0xE0, 0xEE, 0xFE, 0xDB, 0xC4, 0xDD, 0xCC})
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _is_plain_jpeg(data: bytes) -> bool:
+    if data[:2] != b"\xff\xd8":
+        return False
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in _JPEG_FRAMES:
+            return True
+        if marker not in _PLAIN_JPEG_SEGMENTS:
+            return False
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
+
+
+def _decode_plain_jpeg(data: bytes, max_pixels: int, min_side: int) -> np.ndarray | None:
+    """The RGB pixels of a plain baseline / progressive JPEG within the limits, or None: then Pillow decodes it
+    (and raises the errors, so they are the same either way)."""
+    if simplejpeg is None or not _is_plain_jpeg(data):
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray") or width < 1 or height < 1:
+            return None
+        if width * height > max_pixels or min(width, height) < min_side:
+            return None
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except Exception:
+        return None
+    if rgb.ndim != 3 or rgb.shape != (height, width, 3):
+        return None
+    return np.ascontiguousarray(rgb)
+
+
 def decode_image(
     data: bytes,
     *,
@@ -101,9 +150,15 @@ def decode_image(
     The pixel limit is checked from the header before any pixel data is decompressed, so a
     decompression bomb costs nothing. EXIF orientation is applied; greyscale, palette, CMYK, 16-bit
     and alpha images become plain RGB (alpha is composited on white); multi-frame files give frame 0.
+    Plain JPEGs (no EXIF or other extra segments) are decoded by libjpeg-turbo through simplejpeg when it is
+    installed: the same pixels as Pillow's, in a fraction of the time; anything it does not take goes to Pillow.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise ImageDecodeError("empty", "the file is empty")
+    if "JPEG" in allowed_formats:
+        rgb = _decode_plain_jpeg(bytes(data), max_pixels, min_side)
+        if rgb is not None:
+            return rgb
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

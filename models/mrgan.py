@@ -1,15 +1,20 @@
 """MR-GAN networks (Fang et al., "Generate to Adapt", ECCV 2020): multi-resolution generator, local generators, discriminators.
 
 Input contract (written once, here and in docs/ARCHITECTURE.md): `face` float32 [N, 3, 112, 96] RGB in [-1, 1],
-`z` float32 [N, Z] standard normal, `scale` float32 [N, 1] = target LR height / 112. The generator returns
-`lr_canvas` [N, 3, 112, 96] in [-1, 1]: the LR face of that height as it looks brought back to the canvas.
+`z` float32 [N, Z] standard normal, `scale` float32 [N, 1] = target LR height h / 112, `noise` float32
+[N, 3, 112, 96] standard normal (per-pixel sensor noise). The generator returns `lr` [N, 3, 112, 96] in [-1, 1]:
+the LR capture of height h and width round(h * 96 / 112) in the top-left corner, the rest of the tensor the
+capture's last row / column repeated (callers crop `lr[:, :, :h, :w]`).
 
-Design choice, resolution conditioning: the target scale differs per sample, and an ONNX graph with a dynamic
-batch cannot resample each sample to its own size. So the generator never resamples to the target height
-itself; it is conditioned on `scale` everywhere instead (a constant input channel of every stream and every
-local generator, and a per-channel bias with `z` after every fusion stage). The actual resolution comes from
-the bottleneck in training (downsample to h, back up to the canvas) that sits between the generator and the
-discriminators, and from `to_lr_size` at inference. Training and export therefore run the very same graph.
+A camera in three steps, each in the graph:
+1. optics and scene, at the HR canvas: the multi-resolution global generator with spatial attention and the
+   local generators (eyes, nose, mouth), conditioned on `z` and `scale`;
+2. sampling: each item resampled to its own height with an antialiased bicubic filter written as two matrix
+   products (`resample_matrix`), so one ONNX graph with a dynamic batch resamples every item to its own size;
+3. the sensor and its processing, at the LR size: a z-driven colour transform (white balance, haze, night-mode
+   greyscale) and a small conv net fed with per-pixel noise and the 8x8 block phase (sensor noise, chroma
+   blotches, compression), whose last layer starts at zero.
+Training and export run the very same graph.
 """
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ class MRGANConfig:
     local_width: int = 16
     local_res_blocks: int = 2
     local_feather: int = 4  # px over which a local patch fades into the global output
+    use_sensor_stage: bool = True  # step 3 above; off = the resampled canvas is the output
+    sensor_width: int = 16
+    sensor_blocks: int = 2
     disc_width: int = 32
     disc_layers: int = 3  # strided conv layers of the global PatchGAN discriminator
     local_disc_width: int = 32
@@ -288,9 +296,93 @@ def feathered_mask(region: Region, feather: int) -> torch.Tensor:
     return mask
 
 
+def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic convolution kernel with a = -0.5 (Pillow's and torch's antialiased bicubic)."""
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def lr_size(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, 1] scale -> ([N, 1] height, [N, 1] width) as float tensors: h = round(112 s), w = round(96 h / 112)."""
+    h = torch.round(scale * FACE_HEIGHT).clamp(1, FACE_HEIGHT)
+    return h, torch.round(h * FACE_WIDTH / FACE_HEIGHT).clamp(1, FACE_WIDTH)
+
+
+def resample_matrix(out_len: torch.Tensor, in_len: int) -> torch.Tensor:
+    """[N, 1] output lengths (<= in_len) -> [N, in_len, in_len] matrices M with M[n] @ signal = the signal
+    resampled to out_len[n] samples (antialiased bicubic, as Pillow reduces an image) in the first out_len[n]
+    rows; every later row repeats the last sample, so convolutions at the LR size see an edge-padded image."""
+    i = torch.arange(in_len, dtype=out_len.dtype, device=out_len.device)[None, :, None]  # output index
+    j = torch.arange(in_len, dtype=out_len.dtype, device=out_len.device)[None, None, :]  # input index
+    length = out_len[:, :, None]  # [N, 1, 1]
+    step = in_len / length  # input samples per output sample (>= 1)
+    i = torch.minimum(i, length - 1)
+    weights = _cubic((j + 0.5 - (i + 0.5) * step) / step)
+    return weights / weights.sum(dim=2, keepdim=True)
+
+
+def resample_to_lr(canvas: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """[N, C, 112, 96] -> [N, C, 112, 96] with item n resampled to its own LR size in the top-left corner."""
+    with torch.autocast(canvas.device.type, enabled=False):  # fp32 even under bf16 autocast: these are pixels
+        h, w = lr_size(scale.float())
+        rows = resample_matrix(h, FACE_HEIGHT)  # [N, 112, 112]
+        cols = resample_matrix(w, FACE_WIDTH)  # [N, 96, 96]
+        return torch.matmul(torch.matmul(rows[:, None], canvas.float()), cols[:, None].transpose(2, 3))
+
+
+def block_phase() -> torch.Tensor:
+    """[1, 2, 112, 96]: row and column position inside the 8x8 block grid of a codec, in [-1, 1]."""
+    ys = (torch.arange(FACE_HEIGHT) % 8).float() / 3.5 - 1
+    xs = (torch.arange(FACE_WIDTH) % 8).float() / 3.5 - 1
+    return torch.stack([ys[:, None].expand(FACE_HEIGHT, FACE_WIDTH), xs[None, :].expand(FACE_HEIGHT, FACE_WIDTH)])[None]
+
+
+class SensorStage(nn.Module):
+    """The camera after sampling, at the LR size: a colour transform from (z, scale) — white balance, haze,
+    contrast, greyscale — then a residual from a small conv net that reads the image, per-pixel noise, the
+    scale and the block phase, modulated by (z, scale). Both start as the identity."""
+
+    NOISE_CHANNELS = 3
+
+    def __init__(self, cfg: MRGANConfig):
+        super().__init__()
+        w = cfg.sensor_width
+        cond_dim = cfg.z_dim + 1
+        self.colour = nn.Sequential(nn.Linear(cond_dim, 32), _act(), nn.Linear(32, 12))
+        nn.init.zeros_(self.colour[-1].weight)
+        nn.init.zeros_(self.colour[-1].bias)
+        self.register_buffer("phase", block_phase(), persistent=False)
+        self.stem = nn.Conv2d(3 + self.NOISE_CHANNELS + 1 + 2, w, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * w)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(w, w, 3, padding=1), _act(), nn.Conv2d(w, w, 3, padding=1))
+            for _ in range(cfg.sensor_blocks))
+        self.out = nn.Conv2d(w, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.act = _act()
+
+    def forward(self, lr: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        cond = torch.cat([z, scale], 1)
+        params = self.colour(cond)
+        matrix = params[:, :9].unflatten(1, (3, 3)) + torch.eye(3, device=lr.device, dtype=params.dtype)
+        offset = params[:, 9:]
+        lr = torch.einsum("nij,njhw->nihw", matrix, lr) + offset[:, :, None, None]
+        phase = self.phase.expand(lr.shape[0], -1, -1, -1)
+        h = self.stem(torch.cat([lr, noise, constant_channel(scale, lr), phase], 1))
+        gamma, beta = self.film(cond)[:, :, None, None].chunk(2, dim=1)
+        h = self.act(h * (1 + gamma) + beta)
+        for block in self.blocks:
+            h = self.act(h + block(h))
+        return lr + self.out(h)
+
+
 class MRGANGenerator(nn.Module):
     """The full MR-GAN generator: global generator, then each local part's patch (global crop + local residual)
-    blended in at its region with a feathered mask."""
+    blended in at its region with a feathered mask (the HR-canvas `canvas`), then each item resampled to its own
+    LR size and, unless ablated, the sensor stage (`lr`)."""
 
     def __init__(self, cfg: MRGANConfig):
         super().__init__()
@@ -302,10 +394,12 @@ class MRGANGenerator(nn.Module):
         for r in REGIONS:
             if cfg.use_local_generators:
                 self.register_buffer(f"mask_{r.name}", feathered_mask(r, cfg.local_feather), persistent=False)
+        self.sensor = SensorStage(cfg) if cfg.use_sensor_stage else None
 
-    def forward(self, face: torch.Tensor, z: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, face: torch.Tensor, z: torch.Tensor, scale: torch.Tensor,
+                noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         result = self.global_generator(face, z, scale)
-        out = result["lr_canvas"]
+        out = result.pop("lr_canvas")
         for name, local in self.local_generators.items():
             region = local.region
             mask = getattr(self, f"mask_{name}")
@@ -314,19 +408,25 @@ class MRGANGenerator(nn.Module):
             patch = F.pad(patch, (region.left, FACE_WIDTH - region.left - region.width,
                                   region.top, FACE_HEIGHT - region.top - region.height))
             out = mask * patch + (1 - mask) * out
-        result["lr_canvas"] = out
+        result["canvas"] = out
+        lr = result["lr_optics"] = resample_to_lr(out, scale)
+        if self.sensor is not None:
+            if noise is None:
+                raise ValueError("this generator has a sensor stage: pass noise [N, 3, 112, 96]")
+            lr = self.sensor(lr, z, scale, noise.to(lr.dtype))
+        result["lr"] = lr
         return result
 
 
-class LRCanvasGenerator(nn.Module):
-    """Export wrapper: (face, z, scale) -> lr_canvas only, clamped to [-1, 1] (the ONNX contract)."""
+class LRGenerator(nn.Module):
+    """Export wrapper: (face, z, scale, noise) -> lr only, clamped to [-1, 1] (the ONNX contract)."""
 
     def __init__(self, generator: MRGANGenerator):
         super().__init__()
         self.generator = generator
 
-    def forward(self, face: torch.Tensor, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return self.generator(face, z, scale)["lr_canvas"].clamp(-1.0, 1.0)
+    def forward(self, face: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.generator(face, z, scale, noise)["lr"].clamp(-1.0, 1.0)
 
 
 class PatchDiscriminator(nn.Module):

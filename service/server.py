@@ -268,7 +268,7 @@ def main_worker(argv: list[str] | None = None) -> int:
 
     pool = args.pool or ("solo" if args.concurrency == 1 else "prefork")
     app.worker_main([
-        "--quiet", "worker", f"--pool={pool}",  # (quiet: no text banner among the JSON log lines) f"--concurrency={args.concurrency}",
+        "--quiet", "worker", f"--pool={pool}", f"--concurrency={args.concurrency}",  # (quiet: no text banner)
         f"--loglevel={(args.loglevel or settings.log_level).upper()}", "-Q", settings.queue,
         "--without-gossip", "--without-mingle",
     ])

@@ -85,6 +85,19 @@ class Settings(BaseSettings):
     inference_concurrency: int = Field(4, ge=1, description="inference requests computing at once per API process")
     inference_queue_size: int = Field(32, ge=0, description="further inference requests that may wait for a turn")
     inference_queue_timeout: float = Field(30.0, gt=0, description="seconds a request may wait for its turn, then 503")
+    # Micro-batching: one batcher per model (a bounded queue and one worker thread) runs the rows of concurrent
+    # inference requests as one onnxruntime call of up to synth_max_batch / embed_max_batch rows. The compute
+    # gate above then covers decoding and encoding only; a request waits for the model in its batcher's queue
+    # (at most batch_queue_size requests per model, then 503 `overloaded`; a request still queued after
+    # inference_queue_timeout seconds gets 503 too).
+    micro_batch: bool = Field(True, description="on: concurrent requests share model calls; off: one call per request")
+    batch_wait_ms: float = Field(
+        0.0, ge=0, le=1000, description="how long a batch that is not full waits for more rows (0: it takes what is "
+        "queued when the previous call ends, so a lone request never waits)")
+    batch_queue_size: int = Field(64, ge=1, description="requests waiting in one model's batcher; one more gets 503")
+    ort_spinning: bool = Field(
+        False, description="let the API's idle onnxruntime threads spin between calls (onnxruntime's default): a "
+        "little lower latency on an idle machine, but the spinning takes CPU from decoding and HTTP under load")
     body_timeout: float = Field(
         60.0, gt=0, description="seconds an inference request's whole body may take to arrive, then 408 request_timeout"
     )

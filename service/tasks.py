@@ -46,7 +46,7 @@ def get_synthesizer():
 
             settings = get_settings()
             _synthesizer = Synthesizer(settings.mrgan_model_path, providers=settings.onnx_providers(), threads=settings.threads,
-                                       max_batch=settings.synth_max_batch)
+                                       max_batch=settings.synth_max_batch, spinning=settings.ort_spinning)
         return _synthesizer
 
 
@@ -212,9 +212,27 @@ def _sweep_forever(stop: threading.Event) -> None:
 _sweeper_stop = threading.Event()
 
 
+def _preload() -> None:
+    """Load the MR-GAN before the first task arrives, so the first chunk of the first job does not wait for it."""
+    try:
+        log.info("MR-GAN %s loaded", get_synthesizer().model_id)
+    except Exception as exc:  # missing weights and the like: the chunk tasks report it (and retry loading)
+        log.warning("could not preload the MR-GAN: %s: %s", type(exc).__name__, exc)
+
+
+@signals.worker_process_init.connect
+def _preload_in_pool_process(**kwargs) -> None:
+    # Sent in each prefork pool process just after the fork (load there, never in the parent: an onnxruntime
+    # session's threads do not survive a fork), and by the solo pool as it starts.
+    _preload()
+
+
 @signals.worker_ready.connect
-def _start_sweeper(**kwargs) -> None:
+def _start_sweeper(sender=None, **kwargs) -> None:
     threading.Thread(target=_sweep_forever, args=(_sweeper_stop,), name="lrface-sweeper", daemon=True).start()
+    pool = getattr(sender, "pool", None)
+    if pool is not None and type(pool).__module__ == "celery.concurrency.thread":
+        _preload()  # the thread pool sends no worker_process_init; its tasks run in this process
 
 
 @signals.worker_shutdown.connect

@@ -3,6 +3,8 @@
 - admission: with LRFACE_INFERENCE_CONCURRENCY=1 and LRFACE_INFERENCE_QUEUE_SIZE=1 a third inference request
   in flight is refused at once (503 `overloaded`, Retry-After) before its body is read; others still answer.
 - compute gate: a request that waits longer than LRFACE_INFERENCE_QUEUE_TIMEOUT for its turn gets 503.
+- micro-batching: a request that waits longer than that in a model's batcher queue gets 503, and so does one that
+  finds the queue full (LRFACE_BATCH_QUEUE_SIZE), at once.
 - a burst of 40 concurrent requests at that server: every answer is 200 or 503 + Retry-After, nothing else.
 - body timeouts: an upload that stalls longer than LRFACE_BODY_IDLE_TIMEOUT gets 408 (also archive uploads).
 - jobs: with LRFACE_MAX_ACTIVE_JOBS=2 a third queued job gets 429 `too_many_jobs` + Retry-After (JSON and
@@ -82,9 +84,10 @@ def test_the_limiter_bounds_concurrency_and_waiting_time():
 def test_a_request_waiting_too_long_for_its_turn_gets_503(tmp_path, mrgan_path, embedder_path):
     from service.api import create_app
 
+    # Without micro-batching the model call itself runs under the compute gate (with it, see the next test).
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1,
                         state_dir=tmp_path, inference_concurrency=1, inference_queue_timeout=0.3,
-                        retry_after_s=RETRY_AFTER, load_models_on_startup=False)
+                        retry_after_s=RETRY_AFTER, load_models_on_startup=False, micro_batch=False)
     app = create_app(settings)
     services = app.state.services
     embedder = services.model("embedder")
@@ -113,6 +116,51 @@ def test_a_request_waiting_too_long_for_its_turn_gets_503(tmp_path, mrgan_path, 
     assert first.status_code == 200, first.text
     assert second.status_code == 503 and second.json()["error"] == "overloaded", second.text
     assert second.headers["retry-after"] == str(RETRY_AFTER)
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_request_waiting_too_long_in_the_batcher_or_finding_it_full_gets_503(tmp_path, mrgan_path, embedder_path):
+    from service.api import create_app
+
+    settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1,
+                        state_dir=tmp_path, inference_queue_timeout=0.3, retry_after_s=RETRY_AFTER,
+                        load_models_on_startup=False, micro_batch=True, batch_queue_size=1)
+    app = create_app(settings)
+    services = app.state.services
+    batcher = services.model("embedder").batcher
+    run, gate, started = batcher._run, threading.Event(), threading.Event()
+
+    def slow_run(feed):  # the first batch holds the model until the gate opens
+        started.set()
+        gate.wait(10)
+        return run(feed)
+
+    batcher._run = slow_run
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            first = asyncio.create_task(client.post("/v1/embed", files=[("images", FACE)]))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            second = asyncio.create_task(client.post("/v1/embed", files=[("images", FACE)]))  # queued
+            await asyncio.sleep(0.1)
+            third = await client.post("/v1/embed", files=[("images", FACE)])  # the queue (1) is full
+            await asyncio.sleep(0.4)  # the second request has now waited longer than the queue timeout
+            gate.set()
+            return await first, await second, third
+
+    try:
+        first, second, third = asyncio.run(scenario())
+    finally:
+        gate.set()
+        services.close_models()
+    assert first.status_code == 200, first.text
+    for r in (second, third):
+        assert r.status_code == 503 and r.json()["error"] == "overloaded", r.text
+        assert r.headers["retry-after"] == str(RETRY_AFTER)
+    assert "full" in third.json()["message"] and "waited" in second.json()["message"]
+    assert batcher.batches == 1, "the expired request must not reach the model"
 
 
 # -- over real HTTP --------------------------------------------------------------------------------------------

@@ -44,9 +44,10 @@ def test_onnx_inputs_outputs_follow_the_contract(exported):
         return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
 
     inputs = {i.name: dims(i) for i in model.graph.input}
-    assert list(inputs) == ["face", "z", "scale"]
+    assert list(inputs) == ["face", "z", "scale", "noise"]
     assert inputs["face"][1:] == [3, 112, 96] and inputs["z"][1:] == [ckpt["config"]["z_dim"]] and inputs["scale"][1:] == [1]
-    assert [o.name for o in model.graph.output] == ["lr_canvas"]
+    assert inputs["noise"][1:] == [3, 112, 96]
+    assert [o.name for o in model.graph.output] == ["lr"]
     assert dims(model.graph.output[0])[1:] == [3, 112, 96]
     assert all(isinstance(d[0], str) for d in list(inputs.values()) + [dims(model.graph.output[0])])  # dynamic batch
 
@@ -78,6 +79,17 @@ def test_full_size_model_exports_with_parity(tmp_path):
     for batch in (1, 3):
         inputs = export.random_mrgan_inputs(batch, ckpt["config"]["z_dim"], seed=10 + batch)
         assert export.verify_onnx_parity(module, tmp_path / "m.onnx", inputs) < 1e-4
+
+
+def test_generator_without_sensor_stage_has_no_noise_input(tmp_path):
+    ckpt = make_checkpoint("mrgan_tiny", tmp_path / "last.pt")
+    ckpt["config"]["use_sensor_stage"] = False
+    ckpt["generator"] = {k: v for k, v in ckpt["generator"].items() if not k.startswith("sensor.")}
+    export.export_mrgan(ckpt, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["face", "z", "scale"]
+    inputs = export.random_mrgan_inputs(2, ckpt["config"]["z_dim"], seed=5)
+    assert export.verify_onnx_parity(export.mrgan_export_module(ckpt), tmp_path / "m.onnx", inputs) < 1e-4
 
 
 def test_other_kinds_dispatch_to_their_trainer(tmp_path, monkeypatch):

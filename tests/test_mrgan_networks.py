@@ -1,12 +1,15 @@
-"""MR-GAN network parts: shapes, value ranges, the random vector, local generators' reach, ablation switches."""
+"""MR-GAN network parts: shapes, value ranges, the random vector and the noise, the in-graph resampler, the
+sensor stage, local generators' reach, ablation switches."""
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from models.face import FACE_HEIGHT, FACE_WIDTH, REGION_BY_NAME, REGIONS
-from models.mrgan import (LRCanvasGenerator, LocalGenerator, MRGANConfig, build_discriminators, build_generator,
-                          count_parameters)
+from models.face import FACE_HEIGHT, FACE_WIDTH, REGION_BY_NAME, REGIONS, lr_width_for_height
+from models.mrgan import (LRGenerator, LocalGenerator, MRGANConfig, build_discriminators, build_generator,
+                          count_parameters, resample_to_lr)
 from training.configs import load_config
 from training.gan_losses import attention_activation_loss
 
@@ -23,65 +26,66 @@ def inputs(cfg: MRGANConfig, n: int = 3, height: float = 24.0, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     face = torch.rand(n, 3, FACE_HEIGHT, FACE_WIDTH, generator=g) * 2 - 1
     z = torch.randn(n, cfg.z_dim, generator=g)
-    return face, z, torch.full((n, 1), height / FACE_HEIGHT)
+    noise = torch.randn(n, 3, FACE_HEIGHT, FACE_WIDTH, generator=g)
+    return face, z, torch.full((n, 1), height / FACE_HEIGHT), noise
 
 
 @pytest.mark.parametrize("name", ["mrgan_tiny", "mrgan_base"])
-def test_generator_returns_canvas_attention_and_content(name):
+def test_generator_returns_lr_canvas_attention_and_content(name):
     cfg = load_config(name)
     torch.manual_seed(0)
     with torch.no_grad():
         out = build_generator(cfg)(*inputs(cfg, n=2))
-    assert out["lr_canvas"].shape == (2, 3, FACE_HEIGHT, FACE_WIDTH)
-    assert out["content"].shape == (2, 3, FACE_HEIGHT, FACE_WIDTH)
+    for key in ("lr", "lr_optics", "canvas", "content"):
+        assert out[key].shape == (2, 3, FACE_HEIGHT, FACE_WIDTH)
     assert out["attention"].shape == (2, 1, FACE_HEIGHT, FACE_WIDTH)
-    assert out["lr_canvas"].abs().max() <= 1.0
+    assert out["canvas"].abs().max() <= 1.0
     a = out["attention"]
     assert a.min() >= 0 and a.max() <= 1 and 0 < a.mean() < 1
 
 
 def test_output_blends_content_and_input_by_attention(tiny):
     cfg = replace(tiny, use_local_generators=False)
-    face, z, scale = inputs(cfg)
+    face, z, scale, noise = inputs(cfg)
     with torch.no_grad():
-        out = build_generator(cfg)(face, z, scale)
+        out = build_generator(cfg)(face, z, scale, noise)
     a, c = out["attention"], out["content"]
-    torch.testing.assert_close(out["lr_canvas"], a * c + (1 - a) * face)
+    torch.testing.assert_close(out["canvas"], a * c + (1 - a) * face)
 
 
 def test_new_random_vector_gives_new_variant(tiny):
     torch.manual_seed(0)
     g = build_generator(tiny)
-    face, z, scale = inputs(tiny)
+    face, z, scale, noise = inputs(tiny)
     with torch.no_grad():
-        a = g(face, z, scale)["lr_canvas"]
-        b = g(face, torch.randn_like(z), scale)["lr_canvas"]
-        again = g(face, z, scale)["lr_canvas"]
+        a = g(face, z, scale, noise)["lr"]
+        b = g(face, torch.randn_like(z), scale, noise)["lr"]
+        again = g(face, z, scale, noise)["lr"]
     assert (a - b).abs().amax(dim=(1, 2, 3)).min() > 1e-4  # every sample changes
     torch.testing.assert_close(a, again)  # the same z gives the same face
 
 
 def test_target_scale_conditions_the_output(tiny):
     g = build_generator(tiny)
-    face, z, _ = inputs(tiny)
+    face, z, _, noise = inputs(tiny)
     with torch.no_grad():
-        low = g(face, z, torch.full((3, 1), 18 / 112))["lr_canvas"]
-        high = g(face, z, torch.full((3, 1), 56 / 112))["lr_canvas"]
+        low = g(face, z, torch.full((3, 1), 18 / 112), noise)["canvas"]
+        high = g(face, z, torch.full((3, 1), 56 / 112), noise)["canvas"]
     assert (low - high).abs().max() > 1e-4
 
 
 def test_global_generator_random_vector_varies_whole_face(tiny):
     g = build_generator(replace(tiny, use_local_generators=False))
-    face, z, scale = inputs(tiny)
+    face, z, scale, noise = inputs(tiny)
     with torch.no_grad():
-        diff = (g(face, z, scale)["lr_canvas"] - g(face, -z, scale)["lr_canvas"]).abs()
+        diff = (g(face, z, scale, noise)["canvas"] - g(face, -z, scale, noise)["canvas"]).abs()
     top = diff[:, :, :20].amax()  # the forehead is outside every local region
     assert top > 1e-5
 
 
 @pytest.mark.parametrize("region", REGIONS, ids=lambda r: r.name)
 def test_local_generator_residual_has_region_size_and_starts_at_zero(tiny, region):
-    face, z, scale = inputs(tiny)
+    face, z, scale, _ = inputs(tiny)
     with torch.no_grad():
         patch = LocalGenerator(region, tiny)(face, z, scale)
     assert patch.shape == (3, 3, region.height, region.width)
@@ -92,12 +96,12 @@ def test_local_generator_residual_has_region_size_and_starts_at_zero(tiny, regio
 def test_local_generator_changes_only_its_region(tiny, name):
     torch.manual_seed(0)
     g = build_generator(tiny)
-    face, z, scale = inputs(tiny)
+    face, z, scale, noise = inputs(tiny)
     with torch.no_grad():
-        before = g(face, z, scale)["lr_canvas"]
+        before = g(face, z, scale, noise)["canvas"]
         for p in g.local_generators[name].parameters():
             p.add_(torch.randn_like(p) * 0.5)
-        after = g(face, z, scale)["lr_canvas"]
+        after = g(face, z, scale, noise)["canvas"]
     changed = (before - after).abs().amax(dim=(0, 1)) > 0
     region = REGION_BY_NAME[name]
     inside = torch.zeros_like(changed)
@@ -121,7 +125,7 @@ def test_without_attention_the_output_is_the_content(tiny):
     cfg = replace(tiny, use_attention=False, use_local_generators=False)
     with torch.no_grad():
         out = build_generator(cfg)(*inputs(cfg))
-    torch.testing.assert_close(out["lr_canvas"], out["content"])
+    torch.testing.assert_close(out["canvas"], out["content"])
     assert torch.all(out["attention"] == 1)
 
 
@@ -135,11 +139,59 @@ def test_attention_activation_loss_is_mean_attention():
     assert attention_activation_loss(a).item() == pytest.approx(0.5)
 
 
-def test_export_wrapper_returns_canvas_in_range(tiny):
-    face, z, scale = inputs(tiny)
+def test_export_wrapper_returns_lr_in_range(tiny):
+    face, z, scale, noise = inputs(tiny)
     with torch.no_grad():
-        out = LRCanvasGenerator(build_generator(tiny))(face * 3, z, scale)
+        out = LRGenerator(build_generator(tiny))(face * 3, z, scale, noise * 10)
     assert out.shape == (3, 3, FACE_HEIGHT, FACE_WIDTH) and out.abs().max() <= 1
+
+
+@pytest.mark.parametrize("height", [8, 18, 25, 37, 56, 111, 112])
+def test_resampler_reduces_like_pillow_and_edge_pads(height):
+    rng = np.random.default_rng(height)  # a face-like image: gradients, edges and sensor-like noise
+    yy, xx = np.mgrid[0:FACE_HEIGHT, 0:FACE_WIDTH]
+    rgb = np.clip(np.stack([xx * 2.5, yy * 2, 128 + 60 * np.sin(xx / 5.0)], -1) + rng.normal(0, 12, (FACE_HEIGHT, FACE_WIDTH, 3)),
+                  0, 255).astype(np.uint8)
+    width = lr_width_for_height(height)
+    pillow = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC), dtype=np.float64)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    ours = resample_to_lr(x, torch.tensor([[height / FACE_HEIGHT]]))[0].permute(1, 2, 0).double().numpy()
+    # the filter is the same; Pillow rounds and clips to 8 bits after each of its two passes
+    assert np.abs(ours[:height, :width].clip(0, 255) - pillow).mean() < 0.5
+    assert np.abs(ours[:height, :width].clip(0, 255) - pillow).max() < 4
+    assert np.array_equal(ours[height:], np.broadcast_to(ours[height - 1:height], ours[height:].shape))
+    assert np.array_equal(ours[:, width:], np.broadcast_to(ours[:, width - 1:width], ours[:, width:].shape))
+
+
+def test_resampler_gives_each_item_its_own_height():
+    x = torch.rand(3, 3, FACE_HEIGHT, FACE_WIDTH)
+    heights = [18, 33, 56]
+    together = resample_to_lr(x, torch.tensor([[h / FACE_HEIGHT] for h in heights]))
+    for i, h in enumerate(heights):
+        alone = resample_to_lr(x[i:i + 1], torch.tensor([[h / FACE_HEIGHT]]))
+        torch.testing.assert_close(together[i:i + 1], alone)
+
+
+def test_sensor_stage_starts_as_identity_and_noise_then_matters(tiny):
+    torch.manual_seed(0)
+    g = build_generator(tiny)
+    face, z, scale, noise = inputs(tiny)
+    with torch.no_grad():
+        out = g(face, z, scale, noise)
+        torch.testing.assert_close(out["lr"], out["lr_optics"])  # colour transform and residual start at zero
+        for p in g.sensor.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        a = g(face, z, scale, noise)["lr"]
+        b = g(face, z, scale, torch.randn_like(noise))["lr"]
+    assert (a - b).abs().amax(dim=(1, 2, 3)).min() > 1e-4  # new per-pixel noise, new variant
+
+
+def test_without_sensor_stage_the_output_is_the_resampled_canvas(tiny):
+    cfg = replace(tiny, use_sensor_stage=False)
+    face, z, scale, _ = inputs(cfg)
+    with torch.no_grad():
+        out = build_generator(cfg)(face, z, scale)
+    torch.testing.assert_close(out["lr"], resample_to_lr(out["canvas"], scale))
 
 
 def test_default_model_is_small():

@@ -1,6 +1,7 @@
 """`lrface export CKPT OUT.onnx`: a training checkpoint to an ONNX model + JSON sidecar, dispatched on the checkpoint's kind.
 
-    mrgan     -> inputs face [N,3,112,96], z [N,Z], scale [N,1]; output lr_canvas [N,3,112,96] (docs/ARCHITECTURE.md)
+    mrgan     -> inputs face [N,3,112,96], z [N,Z], scale [N,1], noise [N,3,112,96] (absent when the config has no
+                 sensor stage); output lr [N,3,112,96], the capture in its top-left h x w corner (docs/ARCHITECTURE.md)
     embedder  -> training.train_embedder.export_onnx(ckpt, out_path)
     ran       -> training.train_ran.export_onnx(ckpt, out_path)
 """
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from models.face import FACE_HEIGHT, FACE_WIDTH, LR_MAX_HEIGHT, LR_MIN_HEIGHT
-from models.mrgan import LRCanvasGenerator, build_generator, config_from_dict
+from models.mrgan import LRGenerator, SensorStage, build_generator, config_from_dict
 
 OPSET = 17
 # other kinds live with the code that trains them: kind -> module with export_onnx(ckpt_dict, out_path)
@@ -35,11 +36,11 @@ def mrgan_model_id(ckpt: dict) -> str:
     return f"mrgan-{short}-{ckpt['step']}"
 
 
-def mrgan_export_module(ckpt: dict) -> LRCanvasGenerator:
-    """The checkpoint's generator behind the export wrapper (returns lr_canvas only), in eval mode on the CPU."""
+def mrgan_export_module(ckpt: dict) -> LRGenerator:
+    """The checkpoint's generator behind the export wrapper (returns lr only), in eval mode on the CPU."""
     generator = build_generator(config_from_dict(ckpt["config"]))
     generator.load_state_dict(ckpt["generator"])
-    return LRCanvasGenerator(generator).eval()
+    return LRGenerator(generator).eval()
 
 
 def export_mrgan(ckpt: dict, out_path: str | os.PathLike) -> dict:
@@ -48,10 +49,12 @@ def export_mrgan(ckpt: dict, out_path: str | os.PathLike) -> dict:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cfg = ckpt["config"]
     module = mrgan_export_module(ckpt)
-    example = (torch.zeros(2, 3, FACE_HEIGHT, FACE_WIDTH), torch.zeros(2, cfg["z_dim"]), torch.full((2, 1), 0.25))
+    example = (torch.zeros(2, 3, FACE_HEIGHT, FACE_WIDTH), torch.zeros(2, cfg["z_dim"]), torch.full((2, 1), 0.25),
+               torch.zeros(2, SensorStage.NOISE_CHANNELS, FACE_HEIGHT, FACE_WIDTH))
     tmp = out_path.with_name(out_path.name + ".tmp")
-    kwargs = dict(input_names=["face", "z", "scale"], output_names=["lr_canvas"], opset_version=OPSET,
-                  dynamic_axes={"face": {0: "N"}, "z": {0: "N"}, "scale": {0: "N"}, "lr_canvas": {0: "N"}},
+    # a generator without the sensor stage never reads `noise`, and the exporter drops that input
+    kwargs = dict(input_names=["face", "z", "scale", "noise"], output_names=["lr"], opset_version=OPSET,
+                  dynamic_axes={"face": {0: "N"}, "z": {0: "N"}, "scale": {0: "N"}, "noise": {0: "N"}, "lr": {0: "N"}},
                   do_constant_folding=True)
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of dynamo, and InstanceNorm reports training mode
@@ -99,19 +102,21 @@ def random_mrgan_inputs(batch: int, z_dim: int, seed: int = 0) -> dict[str, np.n
     return {
         "face": rng.uniform(-1, 1, (batch, 3, FACE_HEIGHT, FACE_WIDTH)).astype(np.float32),
         "z": rng.standard_normal((batch, z_dim)).astype(np.float32),
-        "scale": rng.uniform(LR_MIN_HEIGHT, LR_MAX_HEIGHT, (batch, 1)).astype(np.float32) / FACE_HEIGHT,
+        "scale": rng.integers(LR_MIN_HEIGHT, LR_MAX_HEIGHT + 1, (batch, 1)).astype(np.float32) / FACE_HEIGHT,
+        "noise": rng.standard_normal((batch, SensorStage.NOISE_CHANNELS, FACE_HEIGHT, FACE_WIDTH)).astype(np.float32),
     }
 
 
 def verify_onnx_parity(torch_module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> float:
-    """Max |torch - onnxruntime| over the first output, feeding both the same inputs (by the ONNX input names)."""
+    """Max |torch - onnxruntime| over the first output, feeding both the same inputs (ONNX gets those its graph
+    names; torch gets all of them, in order, when the graph dropped an unused one)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     onnx_out = session.run(None, {n: inputs[n] for n in names})[0]
     with torch.no_grad():
-        torch_out = torch_module(*[torch.from_numpy(inputs[n]) for n in names])
+        torch_out = torch_module(*[torch.from_numpy(v) for v in inputs.values()])
     if isinstance(torch_out, dict):
         torch_out = torch_out[session.get_outputs()[0].name]
     elif isinstance(torch_out, (tuple, list)):

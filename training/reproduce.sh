@@ -9,7 +9,7 @@
 #   synth   MR-GAN (full) -> ONNX, then `lrface augment` over the HR training folder (the LR training set)
 #   lr      Model_LR on the synthesized LR faces
 #   ran     Model_MR: feature adaption (Algorithm 2) from Model_HR and Model_LR
-#   export  every embedder to ONNX under $RUNS/onnx/
+#   export  every MR-GAN run and every embedder to ONNX under $RUNS/onnx/
 #
 # Budgets are wall-clock minutes per run (each trainer also stops at its epoch/step count), so a GPU and a
 # CPU give the same recipe at different sizes. Environment (defaults in brackets):
@@ -79,14 +79,13 @@ stage_ran() {
     --seed "$SEED" --resume $THREADS_FLAG >"$RUNS/logs/ran_base.log" 2>&1
 }
 stage_export() {
+  for c in mrgan_base $ABLATION_CONFIGS; do
+    [ -f "$RUNS/$c/last.pt" ] && $PY -m training.export "$RUNS/$c/last.pt" "$RUNS/onnx/$c.onnx" &
+  done
+  wait
   for r in embedder_hr embedder_hr_bicubic embedder_lr ran_base; do
     [ -f "$RUNS/$r/last.pt" ] && $PY -m training.export "$RUNS/$r/last.pt" "$RUNS/onnx/$r.onnx"
   done
-  if [ "$ABLATIONS" = 1 ]; then
-    for c in $ABLATION_CONFIGS; do
-      [ -f "$RUNS/$c/last.pt" ] && $PY -m training.export "$RUNS/$c/last.pt" "$RUNS/onnx/$c.onnx"
-    done
-  fi
   return 0
 }
 

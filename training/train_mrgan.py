@@ -3,9 +3,9 @@
     lrface train-mrgan --hr DIR --lr DIR --config mrgan_base --out runs/mrgan [--steps N] [--resume] ...
 
 Each step draws a target height h from the empirical height distribution of the real LR pool, a batch of real
-LR faces whose native height is within `height_tolerance` px of h, and a batch of HR faces. The generator's
-output goes through the same bottleneck the real captures went through (down to h, back up to the 112x96
-canvas) before any discriminator sees it. One discriminator update, then one generator update; the pixel loss
+LR faces whose native height is within `height_tolerance` px of h, and a batch of HR faces. The generator makes
+captures of height h; they are quantized and brought back to the 112x96 canvas exactly as the real captures
+were (`lr_to_canvas`) before any discriminator sees them. One discriminator update, then one generator update; the pixel loss
 joins every `pixel_every`-th generator update.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
-from models.mrgan import MRGANConfig, build_discriminators, build_generator, config_from_dict
+from models.mrgan import (MRGANConfig, SensorStage, build_discriminators, build_generator, config_from_dict,
+                          resample_to_lr)
 from training.common import (Progress, add_data_flags, add_device_flags, apply_overrides, configure_torch,
                              load_typed_config, save_checkpoint, time_up, to_device_uint8)
 from training.data import load_face_folder
@@ -101,6 +102,7 @@ def sample_step(gen: torch.Generator, n_hr: int, pool: RealLRPool, height_values
         "hr_flip": torch.rand(batch, generator=gen) < 0.5,
         "lr_flip": torch.rand(batch, generator=gen) < 0.5,
         "z": torch.randn(batch, z_dim, generator=gen),
+        "noise": torch.randn(batch, SensorStage.NOISE_CHANNELS, FACE_HEIGHT, FACE_WIDTH, generator=gen),
     }
 
 
@@ -115,14 +117,20 @@ def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round((x + 1) * 127.5) / 127.5 - 1 - x).detach()
 
 
-def bottleneck(x: torch.Tensor, height: int) -> torch.Tensor:
-    """Canvas -> native LR size h x round(h*96/112) -> canvas, both bicubic with antialiasing (Pillow's filter),
-    quantized to 8 bits at each size like a saved capture resized by `to_canvas`."""
-    x = x.float()
-    small = F.interpolate(x, size=(height, lr_width_for_height(height)), mode="bicubic", antialias=True, align_corners=False)
-    small = quantize_8bit(small.clamp(-1, 1))
+def lr_to_canvas(lr: torch.Tensor, height: int) -> torch.Tensor:
+    """The generator's padded `lr` output (one height for the whole batch) -> the capture h x round(h*96/112),
+    quantized to 8 bits like a saved capture, -> back on the 112x96 canvas (bicubic, quantized) the way
+    `to_canvas` brings a real capture there. Discriminators only ever see canvases made like this."""
+    small = quantize_8bit(lr[:, :, :height, :lr_width_for_height(height)].float().clamp(-1, 1))
     up = F.interpolate(small, size=(FACE_HEIGHT, FACE_WIDTH), mode="bicubic", antialias=True, align_corners=False)
     return quantize_8bit(up.clamp(-1, 1))
+
+
+def bottleneck(x: torch.Tensor, height: int) -> torch.Tensor:
+    """A canvas taken to the LR size h with the generator's own resampler, then back to the canvas (the target
+    of the pixel loss: the HR face as a plain capture of that height)."""
+    scale = torch.full((len(x), 1), height / FACE_HEIGHT, device=x.device)
+    return lr_to_canvas(resample_to_lr(x.float(), scale), height)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,12 +175,13 @@ def sheet_heights(values: list[int], weights: list[float], n: int = 4) -> list[i
 
 
 @torch.no_grad()
-def write_sample_sheet(path: Path, generator, hr: torch.Tensor, heights: list[int], z: torch.Tensor) -> None:
+def write_sample_sheet(path: Path, generator, hr: torch.Tensor, heights: list[int], z: torch.Tensor,
+                       noise: torch.Tensor) -> None:
     """Rows: one HR face each; columns: the HR input, then one variant per height (own z), on the canvas."""
     tiles = [hr]
     for k, h in enumerate(heights):
         scale = torch.full((len(hr), 1), h / FACE_HEIGHT, device=hr.device)
-        tiles.append(bottleneck(generator(hr, z[k], scale)["lr_canvas"], h))
+        tiles.append(lr_to_canvas(generator(hr, z[k], scale, noise[k])["lr"], h))
     grid = torch.stack(tiles, 1).float()  # rows x cols x 3 x H x W
     grid = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
     rows, cols = grid.shape[:2]
@@ -245,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     sheet_hr = to_float(hr_images[torch.randperm(len(hr_images), generator=sheet_rng)[:4].to(device)])
     sheet_h = sheet_heights(height_values, height_weights)
     sheet_z = torch.randn(len(sheet_h), len(sheet_hr), cfg.z_dim, generator=sheet_rng).to(device)
+    sheet_noise = torch.randn(len(sheet_h), len(sheet_hr), SensorStage.NOISE_CHANNELS, FACE_HEIGHT, FACE_WIDTH,
+                              generator=sheet_rng).to(device)
 
     def checkpoint() -> None:
         save_checkpoint(out / "last.pt", {
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         })
 
     def samples() -> None:
-        write_sample_sheet(out / f"samples_{step:06d}.png", generator, sheet_hr, sheet_h, sheet_z)
+        write_sample_sheet(out / f"samples_{step:06d}.png", generator, sheet_hr, sheet_h, sheet_z, sheet_noise)
 
     metrics = MetricsLog(out / "metrics.csv", append=ckpt is not None)  # a fresh run starts a fresh log
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
@@ -271,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         hr = gather(hr_images, draw["hr_index"], draw["hr_flip"])
         real = gather(lr_images, draw["lr_index"], draw["lr_flip"])
         z = draw["z"].to(device)
+        noise = draw["noise"].to(device)
         scale = torch.full((cfg.batch_size, 1), h / FACE_HEIGHT, device=device)
 
-        # --- generate, then the same bottleneck the real captures went through
+        # --- generate (the capture at height h), then onto the canvas the way the real captures got there
         with autocast:
-            result = generator(hr, z, scale)
-        fake = bottleneck(result["lr_canvas"], h)
+            result = generator(hr, z, scale, noise)
+        fake = lr_to_canvas(result["lr"], h)
 
         # --- discriminator update (one per generator update)
         discriminators.requires_grad_(True)
@@ -309,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                 target = bottleneck(hr, h)
         tensors = {}
         if pixel_applied:
-            loss_pixel = pixel_loss(fake, target)
+            # on the capture before the sensor stage: the optics must keep the face; colour, noise and the
+            # camera's processing are left to the adversarial terms
+            loss_pixel = pixel_loss(lr_to_canvas(result["lr_optics"], h), target)
             loss_g = loss_g + cfg.lambda_pixel * loss_pixel
             tensors["loss_pixel"] = loss_pixel
         if cfg.lambda_low_freq > 0:

@@ -54,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.load_models_on_startup:
             await run_in_threadpool(services.load_all)
         yield
+        # uvicorn has answered the requests in flight by now; the batchers finish whatever is still queued.
+        await run_in_threadpool(services.close_models)
         store = services._store
         if store is not None:
             store.redis.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from service.api.errors import APIError
 from service.api.metrics import Metrics
@@ -40,9 +41,17 @@ class Services:
             return FaceDetector(providers=s.onnx_providers(), threads=s.threads)
         from service.inference import Embedder, Synthesizer
 
+        def on_batch(rows: int, requests: int, seconds: float) -> None:
+            self.metrics.batch_rows.labels(name).observe(rows)
+            self.metrics.batch_requests.labels(name).observe(requests)
+
+        batching = dict(micro_batch=s.micro_batch, batch_wait_ms=s.batch_wait_ms, batch_queue_size=s.batch_queue_size,
+                        batch_queue_timeout=s.inference_queue_timeout, on_batch=on_batch, spinning=s.ort_spinning)
         if name == "synthesizer":
-            return Synthesizer(s.mrgan_model_path, providers=s.onnx_providers(), threads=s.threads, max_batch=s.synth_max_batch)
-        return Embedder(s.embedder_model_path, providers=s.onnx_providers(), threads=s.threads, max_batch=s.embed_max_batch)
+            return Synthesizer(s.mrgan_model_path, providers=s.onnx_providers(), threads=s.threads,
+                               max_batch=s.synth_max_batch, **batching)
+        return Embedder(s.embedder_model_path, providers=s.onnx_providers(), threads=s.threads,
+                        max_batch=s.embed_max_batch, **batching)
 
     def model(self, name: str):
         """The loaded model, loading it now if needed; None (with the reason in `model_errors`) if it cannot be."""
@@ -65,6 +74,16 @@ class Services:
         for name in MODEL_NAMES:
             self.model(name)
 
+    def close_models(self) -> None:
+        """Stop the models' micro-batchers, each after finishing the requests queued in it."""
+        with self._lock:
+            models = [(name, self.models.pop(name)) for name in list(self.models) if name != "detector"]
+        for name, model in models:  # (loaded again on the next request, should one still come)
+            self.metrics.model_loaded.labels(name).set(0)
+            close = getattr(model, "close", None)
+            if close is not None:
+                close()
+
     @property
     def store(self) -> JobStore | None:
         if self._store is None and self.settings.job_state_url:
@@ -84,23 +103,33 @@ class Services:
             return False, f"{type(exc).__name__}: {exc}"
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are `async def`: FastAPI runs a plain `def` dependency in the thread pool, a hop per dependency
+# per request that costs more than what they do. Only loading a model (when startup did not) goes to the pool.
+
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings_dep(services: ServicesDep) -> Settings:
+async def get_settings_dep(services: ServicesDep) -> Settings:
     return services.settings
 
 
+async def loaded_model(services: Services, name: str, what: str):
+    """The model, loading it in the thread pool if startup did not; 503 `model_unavailable` when it cannot be."""
+    obj = services.models.get(name)
+    if obj is None:
+        obj = await run_in_threadpool(services.model, name)
+    if obj is None:
+        raise APIError(503, "model_unavailable", f"the {what} is not available: {services.model_errors.get(name, 'not loaded')}")
+    return obj
+
+
 def _model_dependency(name: str, what: str):
-    def dependency(services: ServicesDep):
-        obj = services.model(name)
-        if obj is None:
-            raise APIError(503, "model_unavailable", f"the {what} is not available: {services.model_errors.get(name, 'not loaded')}")
-        return obj
+    async def dependency(services: ServicesDep):
+        return await loaded_model(services, name, what)
 
     dependency.__name__ = f"get_{name}"
     return dependency
@@ -111,7 +140,7 @@ get_embedder = _model_dependency("embedder", "face embedder")
 get_detector = _model_dependency("detector", "face detector")
 
 
-def get_job_store(services: ServicesDep) -> JobStore:
+async def get_job_store(services: ServicesDep) -> JobStore:
     store = services.store
     if store is None:
         raise APIError(503, "jobs_unavailable", "bulk jobs need a broker: set LRFACE_BROKER_URL or run `lrface serve`")

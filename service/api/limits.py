@@ -33,6 +33,18 @@ def overloaded(settings: Settings, message: str) -> APIError:
     return APIError(503, "overloaded", message, headers={"Retry-After": str(settings.retry_after_s)})
 
 
+async def run_batched(services, awaitable):
+    """Await a model call queued in a micro-batcher; its refusals (queue full, waited too long, shutting down)
+    become 503 `overloaded` with Retry-After, like the other gates'."""
+    from service.inference import Overloaded
+
+    try:
+        return await awaitable
+    except Overloaded as exc:
+        services.metrics.shed.labels("batch_queue").inc()
+        raise overloaded(services.settings, f"the server is busy: {exc}; try again later") from None
+
+
 class InferenceLimiter:
     """At most `inference_concurrency` holders at once; waiting longer than `inference_queue_timeout` -> 503."""
 

@@ -40,6 +40,10 @@ class Metrics:
         self.jobs_submitted = Counter("lrface_jobs_submitted", "bulk jobs accepted by this process", registry=self.registry)
         self.shed = Counter("lrface_requests_shed", "requests refused by backpressure (503 overloaded)", ["reason"],
                             registry=self.registry)
+        self.batch_rows = Histogram("lrface_model_batch_rows", "rows per model call of the micro-batcher", ["model"],
+                                    registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.batch_requests = Histogram("lrface_model_batch_requests", "requests per model call of the micro-batcher",
+                                        ["model"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
         self.model_loaded = Gauge("lrface_model_loaded", "1 when the model is loaded", ["model"], registry=self.registry)
 
     def watch_jobs(self, read_stats: Callable[[], dict[str, int] | None]) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+import orjson
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Services, ServicesDep, SettingsDep, get_embedder
+from service.api.deps import Services, ServicesDep, SettingsDep, get_embedder, loaded_model
 from service.api.errors import APIError
-from service.api.images import Align, prepare_face, read_upload
+from service.api.images import Align, prepare_face, read_upload, small_enough_inline
+from service.api.limits import run_batched
 from service.api.routes.synthesize import FaceBox
 from service.inference import Embedder
 from service.settings import Settings
@@ -54,13 +57,30 @@ async def _embed_uploads(services: Services, settings: Settings, embedder: Embed
     datas = [await read_upload(u, settings.max_upload_bytes) for u in uploads]
     detector = _detector_for(services, align)
 
-    def work():
-        prepared = [prepare_face(d, u.filename, align, settings.max_image_pixels, detector) for d, u in zip(datas, uploads)]
-        vectors = embedder.embed([face for face, _ in prepared])
-        return prepared, vectors
+    def decode():
+        return [prepare_face(d, u.filename, align, settings.max_image_pixels, detector) for d, u in zip(datas, uploads)]
 
-    async with services.limiter.slot():
-        prepared, vectors = await run_in_threadpool(work)
+    if getattr(embedder, "batcher", None) is None:
+        # One model call per request, in the thread pool, under the compute gate.
+        def work():
+            prepared = decode()
+            return prepared, embedder.embed([face for face, _ in prepared])
+
+        async with services.limiter.slot():
+            prepared, vectors = await run_in_threadpool(work)
+    else:
+        # Micro-batching: decode (on the loop when tiny, else in the pool under the compute gate), then wait for
+        # the model in the batcher's queue without holding a thread or a compute slot.
+        def prepare():
+            prepared = decode()
+            return prepared, embedder.prepare([face for face, _ in prepared])
+
+        if small_enough_inline(datas, align):
+            prepared, batch = prepare()
+        else:
+            async with services.limiter.slot():
+                prepared, batch = await run_in_threadpool(prepare)
+        vectors = await run_batched(services, embedder.run_async(batch))
     services.metrics.images.labels(endpoint).inc(len(uploads))
     return prepared, vectors
 
@@ -70,15 +90,26 @@ async def _embed_uploads(services: Services, settings: Settings, embedder: Embed
                          "L2-normalised embedding each. Faces of any resolution (down to 8 px high) share one space: "
                          "compare them with a dot product. `align=auto` detects and aligns the most prominent face first.")
 async def embed(
-    services: ServicesDep,
-    settings: SettingsDep,
-    embedder: Annotated[Embedder, Depends(get_embedder)],
+    request: Request,
     images: Annotated[list[UploadFile], File(description="face images")],
     align: Annotated[Align, Form()] = Align.none,
 ) -> EmbedResponse:
+    # (The shared objects straight from the app rather than through Depends: this is the hot path, and each
+    # dependency costs FastAPI a resolution step per request.)
+    services: Services = request.app.state.services
+    settings = services.settings
+    embedder: Embedder = await loaded_model(services, "embedder", "face embedder")
     if len(images) > settings.max_embed_images:
         raise APIError(413, "too_many_images", f"at most {settings.max_embed_images} images per request, got {len(images)}")
     prepared, vectors = await _embed_uploads(services, settings, embedder, images, align, "embed")
+    if np.isfinite(vectors).all():
+        # The response model's fields, serialised directly (validating 128 floats per face costs more than the
+        # rest of the request; the shape is fixed here and documented by response_model).
+        items = [{"index": i, "filename": u.filename or "", "width": int(face.shape[1]), "height": int(face.shape[0]),
+                  "face_box": {k: float(v) for k, v in box.items()} if box else None}
+                 for i, (u, (face, box)) in enumerate(zip(images, prepared))]
+        body = {"model_id": embedder.model_id, "dim": embedder.dim, "embeddings": vectors.tolist(), "items": items}
+        return Response(orjson.dumps(body), media_type="application/json")
     items = [EmbedItem(index=i, filename=u.filename or "", width=face.shape[1], height=face.shape[0],
                        face_box=FaceBox(**box) if box else None)
              for i, (u, (face, box)) in enumerate(zip(images, prepared))]
