@@ -117,6 +117,30 @@ def test_variant_params_follow_the_documented_generator(synthesizer):
     assert np.array_equal(z, rng.standard_normal(synthesizer.z_dim, dtype=np.float32))
 
 
+def test_model_rows_are_the_documented_draws_and_the_capture_is_cropped(synthesizer, mrgan_path, faces):
+    """Height, z, then the sensor noise, all from one default_rng([seed, crc32(key), k]); the variant is the
+    top-left h x w corner of the model's `lr` output."""
+    import onnxruntime as ort
+
+    from models.face import FACE_HEIGHT, from_model_output, to_model_input
+
+    key, seed, k = _keys(1)[0], 9, 1
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode()), k])
+    lo, hi = synthesizer.height_range
+    height, z = synthesizer.variant_params(key, seed, k)
+    assert lo <= height <= hi
+    rng.choice(synthesizer._height_values, p=synthesizer._height_weights / synthesizer._height_weights.sum())
+    assert np.array_equal(z, rng.standard_normal(synthesizer.z_dim, dtype=np.float32))
+    session = ort.InferenceSession(str(mrgan_path), providers=["CPUExecutionProvider"])
+    feed = {"face": to_model_input([faces[0]]), "z": z[None], "scale": np.array([[height / FACE_HEIGHT]], np.float32)}
+    if "noise" in {i.name for i in session.get_inputs()}:
+        feed["noise"] = rng.standard_normal((1, 3, 112, 96), dtype=np.float32)
+    (out,) = session.run(["lr"], feed)
+    expected = from_model_output(out)[0][:height, :lr_width_for_height(height)]
+    got = synthesizer.synthesize(faces[:1], keys=[key], variants=2, seed=seed)[0][k]
+    assert got.height == height and np.array_equal(got.image, expected)
+
+
 def test_drawn_heights_stay_within_the_range_and_span_it(synthesizer):
     lo, hi = synthesizer.height_range
     heights = {synthesizer.variant_params("face.jpg", 0, k)[0] for k in range(3000)}
