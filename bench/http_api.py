@@ -192,6 +192,20 @@ def _wrk_script(workdir: Path, path: str, bodies: list[tuple[bytes, str]]) -> Pa
     return script
 
 
+def wait_idle(base: str, timeout: float = 120.0) -> None:
+    """Until the server has no inference request in flight: wrk stops by closing its connections, and the server
+    still finishes the requests they had sent (and counts them against its admission limit)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        busy = [l for l in text.splitlines() if l.startswith("lrface_inference_requests_in_flight ")]
+        if not busy or float(busy[0].split()[-1]) == 0:
+            return
+        time.sleep(0.1)
+
+
 def _run_wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict:
     cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "120s", "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 180)
@@ -205,16 +219,14 @@ def _load_wrk(base: str, path: str, bodies: list[tuple[bytes, str]], concurrency
               warmup_s: float, workdir: Path, on_measure_start=None, on_measure_end=None) -> dict:
     script = _wrk_script(workdir, path, bodies)
     if warmup_s > 0:
-        warm = _run_wrk(base + path, script, concurrency, warmup_s)
-        # wrk stops by closing its connections; the server still finishes the requests they had in flight (and
-        # counts them against its admission limit), so let those drain before the measured run.
-        time.sleep(warm["max_us"] / 1e6 + 0.3)
+        _run_wrk(base + path, script, concurrency, warmup_s)
+        wait_idle(base)
     if on_measure_start:
         on_measure_start()
     r = _run_wrk(base + path, script, concurrency, seconds)
     if on_measure_end:
         on_measure_end()
-    time.sleep(r["max_us"] / 1e6 + 0.3)  # the same before whatever comes next
+    wait_idle(base)
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
     return {"requests": r["requests"], "ok": r["requests"] - r["status"], "elapsed_s": r["duration_us"] / 1e6,
             "p50_ms": r["p50_us"] / 1000, "p95_ms": r["p95_us"] / 1000, "p99_ms": r["p99_us"] / 1000,

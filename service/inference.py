@@ -34,7 +34,6 @@ from models.face import (
     from_model_output,
     lr_width_for_height,
     to_canvas,
-    to_lr_size,
     to_model_input,
 )
 
@@ -61,7 +60,7 @@ class BatcherClosed(Overloaded):
 class _Job:
     """One request's rows in a micro-batcher: settled once, through a threading.Event or an asyncio future."""
 
-    __slots__ = ("feed", "n", "enqueued", "loop", "future", "event", "value", "error", "cancelled")
+    __slots__ = ("feed", "n", "enqueued", "loop", "future", "event", "value", "error")
 
     def __init__(self, feed: dict[str, np.ndarray], n: int, loop=None, future=None):
         self.feed, self.n = feed, n
@@ -69,10 +68,9 @@ class _Job:
         self.loop, self.future = loop, future
         self.event = threading.Event() if future is None else None
         self.value = self.error = None
-        self.cancelled = False
 
     def is_cancelled(self) -> bool:
-        return self.cancelled or (self.future is not None and self.future.cancelled())
+        return self.future is not None and self.future.cancelled()
 
     def result(self, timeout: float | None = None) -> np.ndarray:
         """Block until the rows ran (sync jobs only)."""
@@ -138,7 +136,7 @@ class MicroBatcher:
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"the {self.name} queue is full ({self.max_queue} requests waiting)")
             self._queue.append(job)
-            if len(self._queue) == 1 or self.max_wait_s > 0:
+            if len(self._queue) == 1:  # (the worker only ever waits on an empty queue)
                 self._cond.notify()
 
     @staticmethod
@@ -178,13 +176,12 @@ class MicroBatcher:
                     self._cond.wait()
                 batch: list[_Job] = []
                 rows = 0
-                now = time.monotonic()
                 while self._queue:
                     job = self._queue[0]
                     if job.is_cancelled():
                         self._queue.popleft()
                         continue
-                    if self.queue_timeout_s is not None and now - job.enqueued > self.queue_timeout_s:
+                    if self.queue_timeout_s is not None and time.monotonic() - job.enqueued > self.queue_timeout_s:
                         expired.append(self._queue.popleft())
                         continue
                     if batch and rows + job.n > self.max_batch:

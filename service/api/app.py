@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first. From the outside in: request id + access log, metrics (they see every request, also
     # refused ones), CORS (when configured), the guard (API key, body size) and admission (backpressure, body
     # timeouts), both before any body is read.
-    app.add_middleware(AdmissionMiddleware, settings=settings, on_shed=shed)
+    app.add_middleware(AdmissionMiddleware, settings=settings, on_shed=shed, in_flight_gauge=metrics.in_flight)
     app.add_middleware(GuardMiddleware, settings=settings)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -88,12 +88,13 @@ class InferenceLimiter:
 class AdmissionMiddleware:
     """Bounded number of inference requests in the process; deadlines on reading request bodies."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, on_shed=None):
+    def __init__(self, app: ASGIApp, settings: Settings, on_shed=None, in_flight_gauge=None):
         self.app = app
         self.settings = settings
         self.max_in_flight = settings.inference_concurrency + settings.inference_queue_size
         self.in_flight = 0
         self._on_shed = on_shed
+        self._gauge = in_flight_gauge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,7 +137,11 @@ class AdmissionMiddleware:
             await response(scope, receive, send)
             return
         self.in_flight += 1
+        if self._gauge is not None:
+            self._gauge.inc()
         try:
             await self.app(scope, timed_receive, send)
         finally:
             self.in_flight -= 1
+            if self._gauge is not None:
+                self._gauge.dec()

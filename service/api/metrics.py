@@ -44,6 +44,9 @@ class Metrics:
                                     registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.batch_requests = Histogram("lrface_model_batch_requests", "requests per model call of the micro-batcher",
                                         ["model"], registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.in_flight = Gauge("lrface_inference_requests_in_flight",
+                               "inference requests admitted and not yet answered (see LRFACE_INFERENCE_QUEUE_SIZE)",
+                               registry=self.registry)
         self.model_loaded = Gauge("lrface_model_loaded", "1 when the model is loaded", ["model"], registry=self.registry)
 
     def watch_jobs(self, read_stats: Callable[[], dict[str, int] | None]) -> None:

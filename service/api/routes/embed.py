@@ -6,6 +6,7 @@ from typing import Annotated
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.routing import APIRoute
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -14,6 +15,7 @@ from service.api.deps import Services, ServicesDep, SettingsDep, get_embedder, l
 from service.api.errors import APIError
 from service.api.images import Align, prepare_face, read_upload, small_enough_inline
 from service.api.limits import run_batched
+from service.api.multipart import parse_plain_multipart
 from service.api.routes.synthesize import FaceBox
 from service.inference import Embedder
 from service.settings import Settings
@@ -55,10 +57,15 @@ def _detector_for(services: Services, align: Align):
 async def _embed_uploads(services: Services, settings: Settings, embedder: Embedder, uploads: list[UploadFile],
                          align: Align, endpoint: str):
     datas = [await read_upload(u, settings.max_upload_bytes) for u in uploads]
+    return await _embed_files(services, settings, embedder, [u.filename for u in uploads], datas, align, endpoint)
+
+
+async def _embed_files(services: Services, settings: Settings, embedder: Embedder, filenames: list[str | None],
+                       datas: list[bytes], align: Align, endpoint: str):
     detector = _detector_for(services, align)
 
     def decode():
-        return [prepare_face(d, u.filename, align, settings.max_image_pixels, detector) for d, u in zip(datas, uploads)]
+        return [prepare_face(d, name, align, settings.max_image_pixels, detector) for d, name in zip(datas, filenames)]
 
     if getattr(embedder, "batcher", None) is None:
         # One model call per request, in the thread pool, under the compute gate.
@@ -81,14 +88,15 @@ async def _embed_uploads(services: Services, settings: Settings, embedder: Embed
             async with services.limiter.slot():
                 prepared, batch = await run_in_threadpool(prepare)
         vectors = await run_batched(services, embedder.run_async(batch))
-    services.metrics.images.labels(endpoint).inc(len(uploads))
+    services.metrics.images.labels(endpoint).inc(len(datas))
     return prepared, vectors
 
 
-@router.post("/embed", response_model=EmbedResponse, summary="embed faces",
-             description="Upload one or several face images as `images` (up to LRFACE_MAX_EMBED_IMAGES); get one "
-                         "L2-normalised embedding each. Faces of any resolution (down to 8 px high) share one space: "
-                         "compare them with a dot product. `align=auto` detects and aligns the most prominent face first.")
+EMBED_DESCRIPTION = ("Upload one or several face images as `images` (up to LRFACE_MAX_EMBED_IMAGES); get one "
+                     "L2-normalised embedding each. Faces of any resolution (down to 8 px high) share one space: "
+                     "compare them with a dot product. `align=auto` detects and aligns the most prominent face first.")
+
+
 async def embed(
     request: Request,
     images: Annotated[list[UploadFile], File(description="face images")],
@@ -99,21 +107,77 @@ async def embed(
     services: Services = request.app.state.services
     settings = services.settings
     embedder: Embedder = await loaded_model(services, "embedder", "face embedder")
-    if len(images) > settings.max_embed_images:
+    if len(images) > settings.max_embed_images:  # (before reading any of them)
         raise APIError(413, "too_many_images", f"at most {settings.max_embed_images} images per request, got {len(images)}")
-    prepared, vectors = await _embed_uploads(services, settings, embedder, images, align, "embed")
+    datas = [await read_upload(u, settings.max_upload_bytes) for u in images]
+    return await _embed(services, embedder, [u.filename for u in images], datas, align)
+
+
+async def _embed(services: Services, embedder: Embedder, filenames: list[str | None], datas: list[bytes], align: Align):
+    settings = services.settings
+    prepared, vectors = await _embed_files(services, settings, embedder, filenames, datas, align, "embed")
     if np.isfinite(vectors).all():
         # The response model's fields, serialised directly (validating 128 floats per face costs more than the
         # rest of the request; the shape is fixed here and documented by response_model).
-        items = [{"index": i, "filename": u.filename or "", "width": int(face.shape[1]), "height": int(face.shape[0]),
+        items = [{"index": i, "filename": name or "", "width": int(face.shape[1]), "height": int(face.shape[0]),
                   "face_box": {k: float(v) for k, v in box.items()} if box else None}
-                 for i, (u, (face, box)) in enumerate(zip(images, prepared))]
+                 for i, (name, (face, box)) in enumerate(zip(filenames, prepared))]
         body = {"model_id": embedder.model_id, "dim": embedder.dim, "embeddings": vectors.tolist(), "items": items}
         return Response(orjson.dumps(body), media_type="application/json")
-    items = [EmbedItem(index=i, filename=u.filename or "", width=face.shape[1], height=face.shape[0],
+    items = [EmbedItem(index=i, filename=name or "", width=face.shape[1], height=face.shape[0],
                        face_box=FaceBox(**box) if box else None)
-             for i, (u, (face, box)) in enumerate(zip(images, prepared))]
+             for i, (name, (face, box)) in enumerate(zip(filenames, prepared))]
     return EmbedResponse(model_id=embedder.model_id, dim=embedder.dim, embeddings=vectors.tolist(), items=items)
+
+
+# Bodies up to this size may take the lean path (read whole into memory); larger ones are streamed by FastAPI.
+FAST_PATH_MAX_BODY = 1024 * 1024
+_EMBED_FIELDS = frozenset({"images", "align"})
+
+
+async def _embed_fast(request: Request):
+    """The answer for a plain multipart body (a few small images, optional `align`), read without FastAPI's form
+    machinery; None for anything else, which then takes the route's FastAPI path (and gets its error answers)."""
+    headers = request.headers
+    try:
+        length = int(headers.get("content-length", ""))
+    except ValueError:
+        return None
+    if not 0 < length <= FAST_PATH_MAX_BODY:
+        return None
+    fields = parse_plain_multipart(headers.get("content-type", "").encode("latin-1"), await request.body(), _EMBED_FIELDS)
+    if fields is None:
+        return None
+    services: Services = request.app.state.services
+    settings = services.settings
+    files = [(name, value) for field, name, value in fields if field == "images"]
+    aligns = [(name, value) for field, name, value in fields if field == "align"]
+    if not 0 < len(files) <= settings.max_embed_images or len(aligns) > 1:
+        return None  # (FastAPI's path answers these: 422 / 413 too_many_images)
+    if any(not name or len(value) > settings.max_upload_bytes for name, value in files):
+        return None  # (a file part without a name is not a file to FastAPI; 413 payload_too_large)
+    if aligns and (aligns[0][0] is not None or aligns[0][1] not in (b"none", b"auto")):
+        return None  # (422 validation_error)
+    align = Align(aligns[0][1].decode()) if aligns else Align.none
+    embedder: Embedder = await loaded_model(services, "embedder", "face embedder")
+    return await _embed(services, embedder, [name for name, _ in files], [value for _, value in files], align)
+
+
+class _EmbedRoute(APIRoute):
+    """The embed route: the lean path first, FastAPI's (documented by the same signature) when it declines."""
+
+    def get_route_handler(self):
+        standard = super().get_route_handler()
+
+        async def handler(request: Request):
+            response = await _embed_fast(request)
+            return response if response is not None else await standard(request)
+
+        return handler
+
+
+router.add_api_route("/embed", embed, methods=["POST"], response_model=EmbedResponse, summary="embed faces",
+                     description=EMBED_DESCRIPTION, route_class_override=_EmbedRoute)
 
 
 @router.post("/verify", response_model=VerifyResponse, summary="are two faces the same person?",

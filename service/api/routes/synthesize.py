@@ -17,9 +17,9 @@ from service.inference import MAX_HEIGHT, MIN_HEIGHT, Synthesizer
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["synthesis"])
-# With micro-batching, this many native-size LR variants (at most 56 px high) are resized and encoded on the event
-# loop (a fraction of a millisecond); more, or 112x96 canvases, go to the thread pool.
-INLINE_ENCODE_VARIANTS = 2
+# With micro-batching, requests for this many native-size LR variants (at most 56 px high) are prepared and encoded
+# on the event loop (a fraction of a millisecond); more, or 112x96 canvases, go to the thread pool.
+INLINE_VARIANTS = 2
 
 
 class FaceBox(BaseModel):
@@ -113,8 +113,8 @@ async def synthesize(
         return box, synth.prepare([face], keys=[key], variants=variants, seed=seed, height=height,
                                   min_height=min_height, max_height=max_height, canvas=canvas)
 
-    def finish(plan, out):
-        (made,) = synth.finish(plan, out)
+    def finish(p, out):
+        (made,) = synth.finish(p, out)
         return [(v, *encode(v.image, format)) for v in made]
 
     if getattr(synth, "batcher", None) is None:
@@ -127,14 +127,16 @@ async def synthesize(
             box, encoded = await run_in_threadpool(work)
     else:
         # Micro-batching: the model rows wait in the batcher's queue, holding neither a thread nor a compute slot;
-        # decoding and encoding run on the loop when tiny, else in the pool under the compute gate.
-        if small_enough_inline([data], align):
+        # decoding, drawing the rows' randomness and encoding run on the loop when tiny, else in the pool under
+        # the compute gate.
+        inline = variants <= INLINE_VARIANTS and not canvas
+        if inline and small_enough_inline([data], align):
             box, p = plan()
         else:
             async with services.limiter.slot():
                 box, p = await run_in_threadpool(plan)
         out = await run_batched(services, synth.run_async(p))
-        if variants <= INLINE_ENCODE_VARIANTS and not canvas:
+        if inline:
             encoded = finish(p, out)
         else:
             async with services.limiter.slot():
