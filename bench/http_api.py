@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (base_parser, check_models, child_env, cpu_seconds, exit_on_sigterm, fmt, free_port, jitter,
+from bench.common import (base_parser, check_models, child_env, cpu_seconds, tree_cpu_seconds, exit_on_sigterm, fmt, free_port, jitter,
                           jpeg_bytes, md_table, peak_rss_of, percentile, report, run_json_child, save_result,
                           source_faces, spawn, stop, wait_http)
 
@@ -46,11 +46,12 @@ def reference(args) -> dict:
     return out
 
 
-def start_server(args, workdir: Path, micro_batch: bool):
+def start_server(args, workdir: Path, micro_batch: bool, processes: int = 1):
     port = free_port()
+    threads = max(1, args.threads // processes)
     env = child_env({
         "LRFACE_MRGAN_MODEL_PATH": args.mrgan.resolve(), "LRFACE_EMBEDDER_MODEL_PATH": args.embedder.resolve(),
-        "LRFACE_PROVIDERS": "cpu", "LRFACE_THREADS": args.threads, "LRFACE_LOG_LEVEL": "warning",
+        "LRFACE_PROVIDERS": "cpu", "LRFACE_THREADS": threads, "LRFACE_LOG_LEVEL": "warning",
         "LRFACE_STATE_DIR": workdir / "state", "LRFACE_LOAD_MODELS_ON_STARTUP": "true",
         "LRFACE_MICRO_BATCH": "on" if micro_batch else "off",
     })
@@ -61,6 +62,8 @@ def start_server(args, workdir: Path, micro_batch: bool):
     else:
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning", "--no-access-log"]
+        if processes > 1:
+            cmd += ["--workers", str(processes)]
     log = workdir / f"server-{'mb' if micro_batch else 'plain'}.log"
     proc = spawn(cmd, env, log)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=180, log_path=log)
@@ -239,10 +242,10 @@ def measure(args, proc, base: str, endpoint: str, concurrency: int, bodies, imag
     mark = {}
 
     def start():
-        mark["cpu0"] = cpu_seconds(proc.pid)
+        mark["cpu0"] = tree_cpu_seconds(proc.pid)
 
     def end():
-        mark["cpu1"] = cpu_seconds(proc.pid)
+        mark["cpu1"] = tree_cpu_seconds(proc.pid)
 
     path = PATHS[endpoint]
     if args.client == "wrk":
@@ -272,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", type=int, default=1,
                    help="variants per /v1/synthesize request (default 1: one model row per request, comparable with batch 1)")
     p.add_argument("--endpoints", default=",".join(ENDPOINTS))
-    p.add_argument("--micro-batch", default="on,off", help="server settings to measure, in order (default on,off)")
+    p.add_argument("--micro-batch", default="on,off,on-2p",
+                   help="server settings to measure, in order (default on,off,on-2p): micro-batching on or off in one "
+                        "API process with --threads threads, or on-Np: N API processes (uvicorn --workers) with "
+                        "--threads / N threads each, measured on /v1/embed with one face per request")
     p.add_argument("--batch-images", type=int, default=32,
                    help="the extra /v1/embed row: this many faces per request (default 32; 0: no such row)")
     p.add_argument("--batch-concurrency", type=int, default=8, help="concurrency of that extra row (default 8)")
@@ -294,9 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     settings = []
     for word in [w.strip().lower() for w in args.micro_batch.split(",") if w.strip()]:
-        if word not in ("on", "off"):
-            p.error(f"--micro-batch takes on and/or off, not {word!r}")
-        settings.append(word == "on")
+        if word in ("on", "off"):
+            settings.append((word == "on", 1))
+        elif word.startswith("on-") and word.endswith("p") and word[3:-1].isdigit() and int(word[3:-1]) >= 1:
+            settings.append((True, int(word[3:-1])))
+        else:
+            p.error(f"--micro-batch takes on, off and on-Np (N API processes), not {word!r}")
     endpoints = [e for e in args.endpoints.split(",") if e]
     import numpy as np
 
@@ -306,18 +315,22 @@ def main(argv: list[str] | None = None) -> int:
     results, servers = [], {}
     with tempfile.TemporaryDirectory(prefix="lrface-bench-http-") as tmp:
         workdir = Path(tmp)
-        for micro_batch in settings:
-            label = "on" if micro_batch else "off"
-            proc, base, _ = start_server(args, workdir, micro_batch)
+        for micro_batch, processes in settings:
+            label = ("on" if micro_batch else "off") + (f"-{processes}p" if processes > 1 else "")
+            proc, base, _ = start_server(args, workdir, micro_batch, processes)
             try:
-                plan = [(e, c, 1) for e in endpoints for c in levels]
-                if args.batch_images > 1 and "embed" in endpoints:
-                    plan.append(("embed", args.batch_concurrency, args.batch_images))
+                if processes > 1:
+                    plan = [("embed", c, 1) for c in levels] if "embed" in endpoints else []
+                else:
+                    plan = [(e, c, 1) for e in endpoints for c in levels]
+                    if args.batch_images > 1 and "embed" in endpoints:
+                        plan.append(("embed", args.batch_concurrency, args.batch_images))
                 for endpoint, c, images in plan:
                     print(f"http: micro-batching {label}, {endpoint} ({images} image(s)/request) at concurrency {c} "
                           f"({args.client}) ...", file=sys.stderr, flush=True)
                     bodies = request_bodies(endpoint, payloads, args.variants, images)
-                    results.append(measure(args, proc, base, endpoint, c, bodies, images, micro_batch, workdir))
+                    results.append({**measure(args, proc, base, endpoint, c, bodies, images, micro_batch, workdir),
+                                    "api_processes": processes, "threads_per_process": max(1, args.threads // processes)})
                 servers[label] = {"peak_rss_mib": peak_rss_of(proc.pid), **server_settings(base)}
             finally:
                 stop(proc)
@@ -325,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_reference:
         print("http: the models alone, for reference ...", file=sys.stderr, flush=True)
         ref = reference(args)
-    headers = ["endpoint", "micro-batching", "concurrency", "images / request", "requests", "errors", "req/s",
-               "items/s", "p50 ms", "p95 ms", "p99 ms", "server CPU ms / request"]
-    rows = [[r["endpoint"], "on" if r["micro_batch"] else "off", r["concurrency"],
+    headers = ["endpoint", "micro-batching", "API processes x threads", "concurrency", "images / request", "requests",
+               "errors", "req/s", "items/s", "p50 ms", "p95 ms", "p99 ms", "server CPU ms / request"]
+    rows = [[r["endpoint"], "on" if r["micro_batch"] else "off", f"{r['api_processes']} x {r['threads_per_process']}",
+             r["concurrency"],
              r["images_per_request"] if r["endpoint"] == "embed" else "1",
              r["requests"], r["errors"], fmt(r["requests_per_s"]), fmt(r["items_per_s"]), fmt(r["p50_ms"]),
              fmt(r["p95_ms"]), fmt(r["p99_ms"]), fmt(r["server_cpu_ms_per_request"], 2)] for r in results]
@@ -345,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         "thread-pool thread under the compute gate"
         + (f"; with it on, model calls averaged {fmt(mean_rows.get('embedder'))} rows (embedder) and "
            f"{fmt(mean_rows.get('synthesizer'))} rows (MR-GAN) over the whole run" if mean_rows else ""),
-        f"server: {'uvicorn, service.api.app:create_app' if args.server == 'uvicorn' else 'lrface serve'}, one process, "
-        f"CPU provider, {args.threads} intra-op threads per session; peak RSS "
+        f"server: {'uvicorn, service.api.app:create_app' if args.server == 'uvicorn' else 'lrface serve'}, "
+        f"one process with {args.threads} intra-op threads per session, or (on-Np rows) N processes "
+        f"(uvicorn --workers, `lrface serve --api-processes N`) with {args.threads} / N each; CPU provider; peak RSS of "
+        f"the (parent) server process "
         + ", ".join(f"{fmt(v['peak_rss_mib'], 0)} MiB (micro-batching {k})" for k, v in servers.items()),
         f"client: {client_desc}; {args.seconds:g} s measured per level after {args.warmup:g} s warm-up; client and "
         f"server share the same {args.threads} cores; server CPU = the server process's CPU time over the measured "

@@ -86,25 +86,36 @@ def targets(data: dict[str, dict | None]) -> list[list[str]]:
     # 3. HTTP, against the models alone measured in the same run (http.json's reference), else throughput.json.
     # The targets are judged on the server's default setting (micro-batching on) with one face per request; the
     # other setting and the batch form are shown next to it.
-    def level(endpoint, concurrency, micro_batch=True, images=1):
+    def level(endpoint, concurrency, micro_batch=True, images=1, processes=1):
         for r in (http or {}).get("results", []):
             # (results from before micro-batching carry no such key: they match either setting)
-            if (r["endpoint"], r["concurrency"], r.get("micro_batch", micro_batch), r.get("images_per_request", 1)) == \
-                    (endpoint, concurrency, micro_batch, images):
+            if (r["endpoint"], r["concurrency"], r.get("micro_batch", micro_batch), r.get("images_per_request", 1),
+                    r.get("api_processes", 1)) == (endpoint, concurrency, micro_batch, images, processes):
                 return r
         return None
+
+    multi = sorted({r["api_processes"] for r in (http or {}).get("results", []) if r.get("api_processes", 1) > 1})
 
     ref = (http or {}).get("reference") or {}
     offline = (ref.get("embedder", {}).get("32") or {}).get("items_per_s") or _rate(tp, "embedder", "onnxruntime", 32)
     e32, off32 = level("embed", 32), level("embed", 32, micro_batch=False)
-    ok = None if e32 is None or offline is None else e32["items_per_s"] >= 0.7 * offline
+    # judged on the better of the micro-batching settings: one API process, or N processes (--api-processes N)
+    candidates = [(1, e32)] + [(n, level("embed", 32, processes=n)) for n in multi]
+    candidates = [(n, r) for n, r in candidates if r is not None]
+    best_n, best = max(candidates, key=lambda c: c[1]["items_per_s"]) if candidates else (1, None)
+    ok = None if best is None or offline is None else best["items_per_s"] >= 0.7 * offline
     measured = "not measured"
     if ok is not None:
-        measured = f"{fmt(e32['items_per_s'])} vs {fmt(offline)} faces/s = {e32['items_per_s'] / offline:.0%}"
+        parts = [f"{n} API process{'es' if n > 1 else ''}: {fmt(r['items_per_s'])} = {r['items_per_s'] / offline:.0%}"
+                 for n, r in candidates]
+        measured = (f"{fmt(best['items_per_s'])} vs {fmt(offline)} faces/s = {best['items_per_s'] / offline:.0%} "
+                    f"({'; '.join(parts)}")
         if off32 is not None and "micro_batch" in off32:
-            measured += f" (micro-batching off: {fmt(off32['items_per_s'])} = {off32['items_per_s'] / offline:.0%})"
+            measured += f"; 1 process, micro-batching off: {fmt(off32['items_per_s'])} = {off32['items_per_s'] / offline:.0%}"
+        measured += ")"
     rows.append(["HTTP /v1/embed throughput at concurrency 32 >= 70% of offline batch-32 throughput "
-                 "(one face per request, micro-batching on)", measured, _status(ok)])
+                 f"(one face per request, micro-batching on{f', best of 1 and {multi} API processes' if multi else ''})",
+                 measured, _status(ok)])
     extra = [r for r in (http or {}).get("results", []) if r.get("images_per_request", 1) > 1 and r.get("micro_batch", True)]
     if extra and offline:
         r = extra[0]

@@ -192,7 +192,13 @@ def main_serve(argv: list[str] | None = None) -> int:
     p.add_argument("--workers-in-process", type=int, default=None, metavar="N",
                    help="concurrency of the in-machine bulk-job worker (default 1 with the embedded broker, "
                         "0 with LRFACE_BROKER_URL: run `lrface worker` separately)")
+    p.add_argument("--api-processes", type=int, default=1, metavar="N",
+                   help="API server processes (uvicorn workers; default 1). Each loads the models and batches its "
+                        "own requests: on a machine of C cores, N processes with LRFACE_THREADS=C/N serve more "
+                        "small requests per second than one process with C threads (bench/RESULTS.md)")
     args = p.parse_args(argv)
+    if args.api_processes < 1:
+        p.error("--api-processes must be >= 1")
     settings = get_settings()
     _configure_logging(settings.log_level, settings.log_format)
     embedded = settings.broker_url is None
@@ -223,6 +229,14 @@ def main_serve(argv: list[str] | None = None) -> int:
                                                      f"lrface-serve-{os.getpid()}@%h"), env)
             worker.start()
         import uvicorn
+
+        if args.api_processes > 1:
+            # uvicorn's supervisor spawns the processes (each builds the app from the same LRFACE_* environment)
+            # and handles SIGINT / SIGTERM itself: it stops them gracefully and returns here.
+            uvicorn.run("service.api.app:create_app", factory=True, host=args.host, port=args.port,
+                        workers=args.api_processes, log_level=settings.log_level, timeout_graceful_shutdown=10,
+                        proxy_headers=True, log_config=None, access_log=False)
+            return 0
 
         from service.api import create_app
 

@@ -212,3 +212,24 @@ def _state_of(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_serve_with_several_api_processes_answers_and_stops_cleanly(tmp_path, mrgan_path, embedder_path):
+    """`lrface serve --api-processes 2` (embedded broker and worker as usual): the uvicorn workers all give the
+    same answers, and SIGTERM stops every process."""
+    env = service_env(tmp_path, mrgan_path, embedder_path)
+    face = HR_FACES[0].read_bytes()
+    server = serve(env, tmp_path, "--api-processes", "2")
+    try:
+        children = child_pids(server.proc.pid)
+        with server.client() as client:
+            answers = [client.post("/v1/embed", files={"images": ("a.jpg", face, "image/jpeg")}) for _ in range(8)]
+    finally:
+        assert server.stop() == 0
+    assert len(children) >= 4  # two API processes, the embedded redis-server and the worker
+    assert all(a.status_code == 200 for a in answers)
+    first = np.asarray(answers[0].json()["embeddings"][0])
+    assert abs(np.linalg.norm(first) - 1) < 1e-4
+    for answer in answers[1:]:
+        assert np.allclose(answer.json()["embeddings"][0], first, atol=1e-6)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and _state_of(pid) != "Z"]
