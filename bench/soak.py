@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import random
 import socket
 import subprocess
 import sys
@@ -171,7 +172,9 @@ async def soak(args, url: str, pid: int) -> dict:
             n = 0
             while time.monotonic() < deadline:
                 n += 1
-                synth = ((i * 7919 + n) % 1000) / 1000.0 < args.synth_share
+                # a fixed pseudo-random mix per (client, request): (i * 7919 + n) % 1000 walked through 500
+                # synthesize requests in a row, then 500 embeds, so all clients drifted into long one-endpoint phases
+                synth = random.Random(i * 1_000_003 + n).random() < args.synth_share
                 t0 = time.monotonic()
                 try:
                     if synth:
