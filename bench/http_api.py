@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (base_parser, check_models, child_env, cpu_seconds, tree_cpu_seconds, exit_on_sigterm, fmt, free_port, jitter,
+from bench.common import (base_parser, check_models, child_env, tree_cpu_seconds, exit_on_sigterm, fmt, free_port, jitter,
                           jpeg_bytes, md_table, peak_rss_of, percentile, report, run_json_child, save_result,
                           source_faces, spawn, stop, wait_http)
 

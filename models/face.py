@@ -97,25 +97,35 @@ except ImportError:  # pragma: no cover - optional speed-up
 # Segments a plain JPEG may carry before its frame for the fast path: JFIF / JFXX (APP0), Adobe (APP14), comments,
 # tables, restart interval. Anything else (EXIF orientation in APP1, MPO in APP2, ...) takes Pillow's path.
 _PLAIN_JPEG_SEGMENTS = frozenset({0xE0, 0xEE, 0xFE, 0xDB, 0xC4, 0xDD, 0xCC})
-_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
 
 
-def _is_plain_jpeg(data: bytes) -> bool:
+def jpeg_markers(data: bytes):
+    """(marker, offset of its 0xFF) of each JPEG marker from the start of image on, skipping fill bytes; stops at
+    the end of the data or at bytes that are not a marker. The caller decides when to stop reading."""
     if data[:2] != b"\xff\xd8":
-        return False
+        return
     i, n = 2, len(data)
     while i + 4 <= n:
         if data[i] != 0xFF:
-            return False
+            return
         marker = data[i + 1]
-        if marker == 0xFF:
+        if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker in _JPEG_FRAMES:
+        yield marker, i
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+
+
+def _is_plain_jpeg(data: bytes) -> bool:
+    for marker, _ in jpeg_markers(data):
+        if marker in JPEG_FRAMES:
             return True
         if marker not in _PLAIN_JPEG_SEGMENTS:
             return False
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return False
 
 

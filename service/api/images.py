@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import UploadFile
 from PIL import Image
 
-from models.face import MIN_INPUT_HEIGHT, ImageDecodeError, decode_image, encode_png
+from models.face import JPEG_FRAMES, MIN_INPUT_HEIGHT, ImageDecodeError, decode_image, encode_png, jpeg_markers
 from service.api.errors import APIError, image_error
 from service.detect import FaceDetector, NoFaceError
 
@@ -44,9 +44,6 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
-
-
 def header_pixels(data: bytes) -> int | None:
     """width x height of a PNG or JPEG, read from its header without decoding anything; None for other formats
     or a header this does not understand (the caller then takes the general path)."""
@@ -55,27 +52,14 @@ def header_pixels(data: bytes) -> int | None:
             return None
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         return width * height or None
-    if data[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            i += 2
-            continue
-        if marker in _JPEG_SOF:
-            if i + 9 > n:
+    for marker, i in jpeg_markers(data):
+        if marker in JPEG_FRAMES:
+            if i + 9 > len(data):
                 return None
             height, width = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
             return width * height or None
         if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
             return None
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return None
 
 
