@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Celery: job chunks of {args.chunk_size} faces; wall = POST /v1/jobs until GET says succeeded (polled every "
         f"0.2 s), workers warmed up by a 4-face job first; peak RSS = the worker's processes (prefork parent + children)",
         "offline: process start-up and model loading inside the wall time; P processes each on 1/P of the shards",
+        "both with the service defaults: onnxruntime's intra-op threads spin between parallel sections "
+        "(LRFACE_WORKER_ORT_SPINNING=true in the workers, onnxruntime's own default in `lrface augment`)",
         "CPU ms / image: CPU time of the worker processes (Celery; the API's own is in the JSON) or of the augment "
         "processes, per image written: overhead shows here even when other load on the machine skews wall times",
     ]

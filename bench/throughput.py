@@ -6,9 +6,10 @@ Engines, each in its own process (so its peak resident memory is its own) with t
 - `core`: the same through `service.inference` (`Synthesizer.synthesize` / `Embedder.embed`, max_batch = the
   batch): adds uint8 -> canvas -> float input and, for synthesis, the resize to the native LR size.
 - `torch`: the same network in eager torch under `torch.inference_mode()` (bench/torch_models.py), from
-  --mrgan-ckpt / --embedder-ckpt; an untrained MR-GAN of the sidecar's config when no checkpoint is given.
+  --mrgan-ckpt / --embedder-ckpt, or else rebuilt from the ONNX file itself (architecture from the sidecar,
+  weights from the graph), so no checkpoint is needed; a parity check against onnxruntime says it is the same.
 
-    python -m bench.throughput --mrgan M.onnx --embedder E.onnx --mrgan-ckpt M.pt --embedder-ckpt E.pt [--quick]
+    python -m bench.throughput --mrgan M.onnx --embedder E.onnx [--mrgan-ckpt M.pt --embedder-ckpt E.pt] [--quick]
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def child(args) -> dict:
         out["batches"][str(b)] = {**t, "items_per_s": b / t["median_s"], "ms_per_batch": 1000 * t["median_s"]}
     out["peak_rss_mib"] = peak_rss_mib()
     out["rss_after_imports_mib"] = base_rss
-    if args.child == "torch" and args.ckpt is not None:
+    if args.child == "torch":
         out["parity_max_abs_diff"] = _parity(module, args)
     return out
 

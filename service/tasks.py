@@ -46,7 +46,7 @@ def get_synthesizer():
 
             settings = get_settings()
             _synthesizer = Synthesizer(settings.mrgan_model_path, providers=settings.onnx_providers(), threads=settings.threads,
-                                       max_batch=settings.synth_max_batch, spinning=settings.ort_spinning)
+                                       max_batch=settings.synth_max_batch, spinning=settings.worker_ort_spinning)
         return _synthesizer
 
 

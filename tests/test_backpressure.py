@@ -124,7 +124,8 @@ def test_a_request_waiting_too_long_in_the_batcher_or_finding_it_full_gets_503(t
 
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1,
                         state_dir=tmp_path, inference_queue_timeout=0.3, retry_after_s=RETRY_AFTER,
-                        load_models_on_startup=False, micro_batch=True, batch_queue_size=1)
+                        load_models_on_startup=False, micro_batch=True, batch_queue_size=1,
+                        inline_lone_requests=False)  # (the first request must hold the batcher, not the loop)
     app = create_app(settings)
     services = app.state.services
     batcher = services.model("embedder").batcher

@@ -3,13 +3,16 @@
 - the batcher: concurrent requests share model calls of at most max_batch rows, every request gets exactly its own
   rows back, a request larger than a batch runs alone in chunks, a full queue refuses at once (Overloaded), a
   failing call fails only its own requests, a cancelled request is dropped, batch_wait_ms lets a batch fill up,
-  and close() finishes what is queued before the worker stops (then refuses new work).
+  and close() finishes what is queued before the worker stops (then refuses new work); `run_now` runs rows in the
+  caller's thread only while nothing is queued or running.
 - the models: rows batched with other callers' rows give the same results as unbatched calls. MR-GAN outputs
   are byte-identical (the randomness is fixed per (key, seed, k) before a row is queued); embeddings agree to
   float32 rounding (onnxruntime's vectorised Log in the embedder's gate can differ in the last bit with the
   batch size, as it already did for a multi-image request without micro-batching).
 - the API: concurrent /v1/embed and /v1/synthesize requests with micro-batching give the answers that the same
-  requests give one after the other without it, and the batcher did put several requests into one call.
+  requests give one after the other without it, and the batcher did put several requests into one call; a lone
+  /v1/embed request runs its model call on the event loop's thread (LRFACE_INLINE_LONE_REQUESTS), or on the
+  batcher's when that is off, with the same answer.
 """
 from __future__ import annotations
 
@@ -135,6 +138,45 @@ def test_a_failing_call_fails_its_own_requests_only():
         assert good.result(5).item() == 5.0
     finally:
         batcher.close()
+
+
+def test_run_now_runs_in_the_calling_thread_only_when_the_batcher_is_idle():
+    threads = []
+
+    def model(feed):
+        threads.append(threading.current_thread().name)
+        if (feed["x"] < 0).any():
+            raise RuntimeError("bad rows")
+        return feed["x"] * 2.0
+
+    batcher = MicroBatcher("test model", model, max_batch=4)
+    try:
+        assert batcher.run_now(rows(3, 2)).ravel().tolist() == [6.0, 8.0]
+        assert threads == [threading.current_thread().name] and batcher.batches == 1 and batcher.rows == 2
+        assert batcher.run_now(rows(0, 5)) is None, "more rows than one call takes: submit them instead"
+        with pytest.raises(RuntimeError, match="bad rows"):
+            batcher.run_now(rows(-1, 1))
+        assert batcher._running == 0
+    finally:
+        batcher.close()
+    assert batcher.run_now(rows(0, 1)) is None, "a closed batcher runs nothing"
+
+    held = Recorder(hold=True)
+    busy = MicroBatcher("test model", held, max_batch=4)
+    try:
+        running = busy.submit(rows(0, 1))
+        held.started.wait(5)
+        assert busy.run_now(rows(1, 1)) is None, "a call is running: the caller must queue"
+        queued = busy.submit(rows(2, 1))
+        assert busy.run_now(rows(3, 1)) is None, "requests are queued: the caller must queue behind them"
+        held.gate.set()
+        assert [running.result(5).item(), queued.result(5).item()] == [0.0, 4.0]
+        deadline = time.monotonic() + 5
+        while busy._running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert busy.run_now(rows(7, 1)).item() == 14.0
+    finally:
+        busy.close()
 
 
 def test_waiting_lets_a_batch_fill_and_expired_or_cancelled_requests_are_dropped():
@@ -296,3 +338,38 @@ def test_concurrent_api_requests_answer_as_sequential_unbatched_ones(tmp_path, m
             assert g["same_person"] == e["same_person"] and abs(g["similarity"] - e["similarity"]) < 1e-6
     embed_requests = sum(path != "/v1/synthesize" for path, _ in requests)
     assert calls["embedder"] < embed_requests, f"the embedder batcher made {calls['embedder']} calls for {embed_requests} requests"
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_lone_embed_request_runs_on_the_event_loop_thread_when_inline_is_on(tmp_path, mrgan_path, embedder_path, inline):
+    from service.api import create_app
+
+    settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1, providers=["cpu"],
+                        state_dir=tmp_path, load_models_on_startup=False, inline_lone_requests=inline)
+    app = create_app(settings)
+    services = app.state.services
+    embedder = services.model("embedder")
+    run, threads = embedder.batcher._run, []
+
+    def recording(feed):
+        threads.append(threading.current_thread().name)
+        return run(feed)
+
+    embedder.batcher._run = recording
+    face = (HR_FACES[0].name, HR_FACES[0].read_bytes(), "image/jpeg")
+
+    async def post():
+        # (the loop of this test is the server's event loop: ASGITransport calls the app in it)
+        loop_thread = threading.current_thread().name
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            return loop_thread, await client.post("/v1/embed", files=[("images", face)])
+
+    try:
+        loop_thread, r = asyncio.run(post())
+    finally:
+        services.close_models()
+    assert r.status_code == 200, r.text
+    expected = Embedder(embedder_path, threads=1).embed([FACES[0]])
+    np.testing.assert_allclose(r.json()["embeddings"], expected, rtol=0, atol=1e-6)
+    assert threads == [loop_thread if inline else "lrface-batcher-face embedder"]

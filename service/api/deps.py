@@ -28,6 +28,7 @@ class Services:
     settings: Settings
     metrics: Metrics
     limiter: Any = None  # service.api.limits.InferenceLimiter: the compute gate of the inference endpoints
+    in_flight: Any = None  # service.api.limits.InFlight: inference requests admitted and not yet answered
     models: dict[str, Any] = field(default_factory=dict)
     model_errors: dict[str, str] = field(default_factory=dict)
     _store: JobStore | None = None

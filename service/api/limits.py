@@ -85,14 +85,23 @@ class InferenceLimiter:
             semaphore.release()
 
 
+class InFlight:
+    """The inference requests admitted in this API process and not yet answered (`n`), counted by
+    `AdmissionMiddleware`; the embed path reads it to tell a lone request."""
+
+    def __init__(self):
+        self.n = 0
+
+
 class AdmissionMiddleware:
     """Bounded number of inference requests in the process; deadlines on reading request bodies."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, on_shed=None, in_flight_gauge=None):
+    def __init__(self, app: ASGIApp, settings: Settings, on_shed=None, in_flight_gauge=None,
+                 counter: InFlight | None = None):
         self.app = app
         self.settings = settings
         self.max_in_flight = settings.inference_concurrency + settings.inference_queue_size
-        self.in_flight = 0
+        self.counter = counter if counter is not None else InFlight()
         self._on_shed = on_shed
         self._gauge = in_flight_gauge
 
@@ -128,20 +137,21 @@ class AdmissionMiddleware:
         if not inference:
             await self.app(scope, timed_receive, send)
             return
-        if self.in_flight >= self.max_in_flight:
+        counter = self.counter
+        if counter.n >= self.max_in_flight:
             if self._on_shed:
                 self._on_shed("admission")
             response = error_response(
-                503, "overloaded", f"the server is busy ({self.in_flight} inference requests in progress); try again later",
+                503, "overloaded", f"the server is busy ({counter.n} inference requests in progress); try again later",
                 headers={"Retry-After": str(settings.retry_after_s), "Connection": "close"})
             await response(scope, receive, send)
             return
-        self.in_flight += 1
+        counter.n += 1
         if self._gauge is not None:
             self._gauge.inc()
         try:
             await self.app(scope, timed_receive, send)
         finally:
-            self.in_flight -= 1
+            counter.n -= 1
             if self._gauge is not None:
                 self._gauge.dec()
