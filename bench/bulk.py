@@ -7,7 +7,8 @@
   from POST /v1/jobs until GET /v1/jobs/{id} says succeeded.
 - Offline: P `lrface augment` processes at once, each on its share of the shards (the same relative paths,
   so the same output files), timed from the first start to the last exit, model loading included.
-Every process gets cores / P intra-op threads.
+Every process gets cores / P intra-op threads. For each P the Celery run and the offline run follow each other
+directly, so the two sides of a ratio are measured minutes apart at most.
 
     python -m bench.bulk --mrgan M.onnx [--faces 2000] [--variants 4] [--processes 1,2] [--quick]
 """
@@ -219,12 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     notes = []
     redis_problem = None if args.skip_celery else redis_ok(args.redis_url)
     try:
+        stack = None
         if not args.skip_celery and redis_problem is None:
             stack = CeleryStack(args, workdir, data_root)
-            try:
+        elif redis_problem:
+            notes.append(f"Celery runs skipped: Redis at {args.redis_url} is not reachable ({redis_problem})")
+        try:
+            if stack is not None:
                 stack.start_api()
-                for P in procs_list:
-                    threads = max(1, cores // P)
+            # Each Celery run right next to its offline run: a slow spell of a shared machine then hits both.
+            for P in procs_list:
+                threads = max(1, cores // P)
+                if stack is not None:
                     print(f"bulk: celery with {P} worker process(es), {threads} thread(s) each ...", file=sys.stderr, flush=True)
                     stack.start_worker(P, threads)
                     stack.run_job("warmup", timeout=300)
@@ -234,17 +241,14 @@ def main(argv: list[str] | None = None) -> int:
                     job["threads"] = threads
                     stack.stop_worker()
                     results["celery"][str(P)] = job
-            finally:
+                if not args.skip_offline:
+                    print(f"bulk: lrface augment with {P} process(es), {threads} thread(s) each ...", file=sys.stderr, flush=True)
+                    r = run_offline(args, data_root, shards, P, threads, workdir)
+                    r["threads"] = threads
+                    results["offline"][str(P)] = r
+        finally:
+            if stack is not None:
                 stack.close()
-        elif redis_problem:
-            notes.append(f"Celery runs skipped: Redis at {args.redis_url} is not reachable ({redis_problem})")
-        if not args.skip_offline:
-            for P in procs_list:
-                threads = max(1, cores // P)
-                print(f"bulk: lrface augment with {P} process(es), {threads} thread(s) each ...", file=sys.stderr, flush=True)
-                r = run_offline(args, data_root, shards, P, threads, workdir)
-                r["threads"] = threads
-                results["offline"][str(P)] = r
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)

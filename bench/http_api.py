@@ -34,11 +34,12 @@ ENDPOINTS = ("embed", "synthesize")
 PATHS = {"embed": "/v1/embed", "synthesize": "/v1/synthesize"}
 
 
-def reference(args) -> dict:
+def reference(args, embedder_only: bool = False) -> dict:
     """The models alone in this run (onnxruntime, same threads), for the targets: embed at batch 1 and 32, and
     synthesis at the batch one request makes (variants)."""
     out = {}
-    for model, path, batches in (("embedder", args.embedder, "1,32"), ("mrgan", args.mrgan, str(args.variants))):
+    todo = [("embedder", args.embedder, "1,32"), ("mrgan", args.mrgan, str(args.variants))]
+    for model, path, batches in todo[:1] if embedder_only else todo:
         cmd = [sys.executable, "-m", "bench.throughput", "--child", "onnxruntime", "--model", model, "--path", str(path),
                "--threads", str(args.threads), "--batches", batches] + (["--quick"] if args.quick else [])
         r = run_json_child(cmd, child_env(threads=args.threads), timeout=900)
@@ -238,7 +239,9 @@ def _load_wrk(base: str, path: str, bodies: list[tuple[bytes, str]], concurrency
 
 
 def measure(args, proc, base: str, endpoint: str, concurrency: int, bodies, images: int, micro_batch: bool,
-            workdir: Path) -> dict:
+            workdir: Path, seconds: float | None = None, warmup: float | None = None) -> dict:
+    seconds = args.seconds if seconds is None else seconds
+    warmup = args.warmup if warmup is None else warmup
     mark = {}
 
     def start():
@@ -249,9 +252,9 @@ def measure(args, proc, base: str, endpoint: str, concurrency: int, bodies, imag
 
     path = PATHS[endpoint]
     if args.client == "wrk":
-        r = _load_wrk(base, path, bodies, concurrency, args.seconds, args.warmup, workdir, start, end)
+        r = _load_wrk(base, path, bodies, concurrency, seconds, warmup, workdir, start, end)
     else:
-        r = asyncio.run(_load_httpx(base, path, bodies, concurrency, args.seconds, args.warmup, start, end))
+        r = asyncio.run(_load_httpx(base, path, bodies, concurrency, seconds, warmup, start, end))
     cpu0, cpu1 = mark.get("cpu0"), mark.get("cpu1")
     per_request = images if endpoint == "embed" else args.variants
     ok = r["ok"]
@@ -266,6 +269,25 @@ def measure(args, proc, base: str, endpoint: str, concurrency: int, bodies, imag
             **{k: v for k, v in r.items() if k in ("status_codes", "wrk_errors")}}
 
 
+def paired_target_rounds(args, proc, base: str, payloads, micro_batch: bool, workdir: Path, label: str) -> list[dict]:
+    """The embed targets measured in pairs, so that a slow spell of a shared machine hits both sides: each round
+    measures the model alone (batch 1 and 32, a child process, the server idle meanwhile), then /v1/embed at
+    concurrency 1 and 32 with one face per request, each for --target-seconds."""
+    bodies = request_bodies("embed", payloads, args.variants, 1)
+    rounds = []
+    for rnd in range(args.target_rounds):
+        print(f"http: micro-batching {label}, paired target round {rnd + 1}/{args.target_rounds} ...",
+              file=sys.stderr, flush=True)
+        ref = reference(args, embedder_only=True)["embedder"]
+        c1, c32 = (measure(args, proc, base, "embed", c, bodies, 1, micro_batch, workdir, args.target_seconds,
+                           min(args.warmup, 1.0)) for c in (1, 32))
+        rounds.append({"model_b1_ms": ref["1"]["ms_per_batch"], "model_b32_items_per_s": ref["32"]["items_per_s"],
+                       "c1_p50_ms": c1["p50_ms"], "c1_p99_ms": c1["p99_ms"], "c1_requests": c1["requests"],
+                       "c32_items_per_s": c32["items_per_s"], "c32_p99_ms": c32["p99_ms"],
+                       "errors": c1["errors"] + c32["errors"]})
+    return rounds
+
+
 def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     p = base_parser("python -m bench.http_api", __doc__.split("\n\n")[0])
@@ -275,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", type=int, default=1,
                    help="variants per /v1/synthesize request (default 1: one model row per request, comparable with batch 1)")
     p.add_argument("--endpoints", default=",".join(ENDPOINTS))
+    p.add_argument("--target-rounds", type=int, default=None,
+                   help="paired rounds for the embed targets with micro-batching on: the model alone, then "
+                        "concurrency 1 and 32 (default 3; 1 with --quick; 0: judge on the table's rows)")
+    p.add_argument("--target-seconds", type=float, default=None,
+                   help="measured seconds per level in a paired round (default 6; 1 with --quick)")
     p.add_argument("--micro-batch", default="on,off,on-2p",
                    help="server settings to measure, in order (default on,off,on-2p): micro-batching on or off in one "
                         "API process with --threads threads, or on-Np: N API processes (uvicorn --workers) with "
@@ -297,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--client wrk: the wrk binary is not on PATH (apt-get install wrk)")
     args.seconds = args.seconds or (2.0 if args.quick else 15.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
+    args.target_rounds = args.target_rounds if args.target_rounds is not None else (1 if args.quick else 3)
+    args.target_seconds = args.target_seconds or (1.0 if args.quick else 6.0)
     levels = [int(c) for c in args.concurrency.split(",")]
     settings = []
     for word in [w.strip().lower() for w in args.micro_batch.split(",") if w.strip()]:
@@ -312,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     faces, face_source = source_faces(16)
     rng = np.random.default_rng(0)
     payloads = [jpeg_bytes(jitter(faces[i % len(faces)], rng)) for i in range(32)]
-    results, servers = [], {}
+    results, servers, target_rounds = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="lrface-bench-http-") as tmp:
         workdir = Path(tmp)
         for micro_batch, processes in settings:
@@ -331,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                     bodies = request_bodies(endpoint, payloads, args.variants, images)
                     results.append({**measure(args, proc, base, endpoint, c, bodies, images, micro_batch, workdir),
                                     "api_processes": processes, "threads_per_process": max(1, args.threads // processes)})
+                if micro_batch and "embed" in endpoints and args.target_rounds > 0 and not args.no_reference:
+                    target_rounds[label] = paired_target_rounds(args, proc, base, payloads, micro_batch, workdir, label)
                 servers[label] = {"peak_rss_mib": peak_rss_of(proc.pid), **server_settings(base)}
             finally:
                 stop(proc)
@@ -372,6 +403,14 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; the extra embed row sends {args.batch_images} faces per request (the endpoint's batch form), the "
            f"target rows one" if args.batch_images > 1 and "embed" in endpoints else ""),
     ]
+    for label, rounds in target_rounds.items():
+        notes.append(
+            f"paired target rounds, micro-batching {label} ({args.target_seconds:g} s per level; the model alone "
+            f"measured just before each round): " + "; ".join(
+                f"round {i + 1}: c=1 p99 {fmt(r['c1_p99_ms'])} ms vs model batch 1 {fmt(r['model_b1_ms'], 2)} ms "
+                f"({r['c1_p99_ms'] / r['model_b1_ms']:.1f}x), c=32 {fmt(r['c32_items_per_s'])} vs batch 32 "
+                f"{fmt(r['model_b32_items_per_s'])} faces/s ({r['c32_items_per_s'] / r['model_b32_items_per_s']:.0%})"
+                for i, r in enumerate(rounds)))
     if ref:
         notes.append(
             f"the models alone in this run (onnxruntime, after the servers stopped): embed batch 1 "
@@ -379,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             f"faces/s; synthesis batch {args.variants} {fmt(ref['mrgan'][str(args.variants)]['ms_per_batch'], 2)} ms")
     path = save_result(args, "http", {"title": "HTTP API", "table_md": table, "notes": notes, "results": results,
                                       "servers": servers, "variants": args.variants, "reference": ref,
+                                      "target_rounds": target_rounds,
                                       "threads": args.threads, "server": args.server, "seconds": args.seconds,
                                       "client": args.client})
     report("HTTP API", table, notes, path)

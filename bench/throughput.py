@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -157,7 +158,44 @@ def run_engine(args, engine: str, model: str, batches: list[int]) -> dict:
         return {"engine": engine, "model": model, "error": str(exc)[-1500:], "batches": {}}
 
 
-def build_table(results: list[dict], batches: list[int]) -> tuple[str, list[str]]:
+def merge_rounds(raw: list[dict]) -> list[dict]:
+    """One result per (model, engine): per batch the median rate and time over the rounds (with every round's
+    rate), the largest peak RSS; the rest (how it was built, parity) from the first round."""
+    merged: dict[tuple[str, str], dict] = {}
+    for r in raw:
+        key = (r["model"], r["engine"])
+        m = merged.setdefault(key, {k: v for k, v in r.items() if k not in ("batches", "round")} | {"batches": {}})
+        if r.get("peak_rss_mib") is not None:
+            m["peak_rss_mib"] = max(m.get("peak_rss_mib") or 0, r["peak_rss_mib"])
+        for b, v in r.get("batches", {}).items():
+            m["batches"].setdefault(b, []).append(v)
+    for m in merged.values():
+        for b, runs in m["batches"].items():
+            m["batches"][b] = {"items_per_s": statistics.median(v["items_per_s"] for v in runs),
+                               "ms_per_batch": statistics.median(v["ms_per_batch"] for v in runs),
+                               "rounds_items_per_s": [v["items_per_s"] for v in runs]}
+    return list(merged.values())
+
+
+def paired_ratios(raw: list[dict], batches: list[int]) -> dict:
+    """onnxruntime / torch per model and batch: each round's ratio (both measured minutes apart at most) and
+    their median."""
+    out: dict = {}
+    for model in MODELS:
+        for b in map(str, batches):
+            per_round = []
+            for rnd in sorted({r["round"] for r in raw}):
+                rates = {r["engine"]: r.get("batches", {}).get(b, {}).get("items_per_s")
+                         for r in raw if r["model"] == model and r["round"] == rnd}
+                if rates.get("onnxruntime") and rates.get("torch"):
+                    per_round.append(rates["onnxruntime"] / rates["torch"])
+            if per_round:
+                out.setdefault(model, {})[b] = {"median": statistics.median(per_round), "rounds": per_round}
+    return out
+
+
+def build_table(results: list[dict], batches: list[int], ratios: dict | None = None,
+                rounds: int = 1) -> tuple[str, list[str]]:
     headers = ["model", "engine"] + [f"batch {b} /s" for b in batches] + \
               [f"batch {batches[0]} ms", "peak RSS MiB", "RSS after imports MiB"]
     rows, notes = [], []
@@ -179,13 +217,18 @@ def build_table(results: list[dict], batches: list[int]) -> tuple[str, list[str]
                 notes.append(f"{model} / torch: {r.get('built')}"
                              + (f"; parity with the ONNX model: max abs diff {r['parity_max_abs_diff']:.1e}"
                                 if "parity_max_abs_diff" in r else ""))
-        ort_r, torch_r = by.get((model, "onnxruntime")), by.get((model, "torch"))
-        if ort_r and torch_r and ort_r.get("batches") and torch_r.get("batches"):
+        if (ratios or {}).get(model):
             rows.append([model, "**onnxruntime / torch**"] +
-                        [f"{ort_r['batches'][str(b)]['items_per_s'] / torch_r['batches'][str(b)]['items_per_s']:.2f}x"
+                        [f"{ratios[model][str(b)]['median']:.2f}x" if str(b) in ratios[model] else "–"
                          for b in batches] + ["", "", ""])
+            spread = "; ".join(f"batch {b}: " + ", ".join(f"{x:.2f}x" for x in ratios[model][str(b)]["rounds"])
+                               for b in batches if str(b) in ratios[model])
+            if rounds > 1:
+                notes.append(f"{model}: onnxruntime / torch in each round: {spread}")
     notes.append(f"units: {UNITS['mrgan']} for mrgan, {UNITS['embedder']} for embedder; rate = batch / median "
-                 f"time per call; one process per engine and model, so each peak RSS is that engine's alone")
+                 f"time per call; one process per engine and model, so each peak RSS is that engine's alone"
+                 + (f"; {rounds} rounds of every engine in turn: the rates are medians over the rounds, each "
+                    f"ratio the median of the rounds' own ratios" if rounds > 1 else ""))
     return md_table(headers, rows), notes
 
 
@@ -197,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of every engine in turn (default 3; 1 with --quick): rates are the medians over the "
+                        "rounds and each onnxruntime / torch ratio the median of the rounds' own ratios, so a slow "
+                        "spell of a shared machine does not land on one engine only")
     # child mode
     p.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
@@ -209,14 +256,19 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     check_models(*[args.mrgan if m == "mrgan" else args.embedder for m in models])
     batches = [int(b) for b in args.batches.split(",")]
-    results = []
-    for model in models:
-        for engine in [e for e in args.engines.split(",") if e]:
-            print(f"throughput: {model} / {engine} ...", file=sys.stderr, flush=True)
-            results.append(run_engine(args, engine, model, batches))
-    table, notes = build_table(results, batches)
+    rounds = args.rounds or (1 if args.quick else 3)
+    raw = []
+    for rnd in range(rounds):
+        for model in models:
+            for engine in [e for e in args.engines.split(",") if e]:
+                print(f"throughput: round {rnd + 1}/{rounds}, {model} / {engine} ...", file=sys.stderr, flush=True)
+                raw.append({**run_engine(args, engine, model, batches), "round": rnd})
+    results = merge_rounds(raw)
+    ratios = paired_ratios(raw, batches)
+    table, notes = build_table(results, batches, ratios, rounds)
     path = save_result(args, "throughput", {
-        "title": "Model throughput", "table_md": table, "notes": notes, "results": results,
+        "title": "Model throughput", "table_md": table, "notes": notes, "results": results, "ratios": ratios,
+        "rounds": rounds, "raw": raw,
         "threads": args.threads, "models": {"mrgan": str(args.mrgan), "embedder": str(args.embedder)},
         "checkpoints": {"mrgan": str(args.mrgan_ckpt) if args.mrgan_ckpt else None,
                         "embedder": str(args.embedder_ckpt) if args.embedder_ckpt else None},

@@ -116,7 +116,8 @@ def load_onnx_weights(module: nn.Module, onnx_path: str | Path) -> list[str]:
 
     def put(key: str, value) -> None:
         target = state[key]
-        value = (value.detach().clone() if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))).to(target.dtype)
+        value = value.detach().clone() if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
+        value = value.to(target.dtype)
         if tuple(value.shape) != tuple(target.shape):
             raise ValueError(f"{key}: the graph has shape {tuple(value.shape)}, the module {tuple(target.shape)}")
         target.copy_(value)

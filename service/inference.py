@@ -40,6 +40,8 @@ from models.face import (
 # Heights a caller may ask for: below MIN_INPUT_HEIGHT nothing face-like is left, above the canvas it is not LR.
 MIN_HEIGHT = MIN_INPUT_HEIGHT
 MAX_HEIGHT = FACE_HEIGHT
+# Most faces an embed call may run on the caller's (event loop's) thread when `inline` is asked for.
+INLINE_MAX_ROWS = 4
 
 _PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 
@@ -659,13 +661,14 @@ class Embedder:
     async def run_async(self, batch: np.ndarray, *, inline: bool = False) -> np.ndarray:
         """`run` from an event loop without blocking it (needs the micro-batcher).
 
-        `inline=True`: when the batcher is idle, the call runs right here on the loop's thread instead (the
-        API does this for a lone request: nothing else is waiting, and the embedder's call takes ~2 ms)."""
+        `inline=True`: when the batcher is idle and the batch is small (<= INLINE_MAX_ROWS faces), the call runs
+        right here on the loop's thread instead (the API does this for a lone request: nothing else is waiting,
+        and the embedder's call takes ~2 ms a face, so the loop is never held for long)."""
         if self.batcher is None:
             raise RuntimeError("run_async needs micro_batch=True")
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if inline:
+        if inline and len(batch) <= INLINE_MAX_ROWS:
             out = self.batcher.run_now({"face": batch})
             if out is not None:
                 return self._normalized(out)

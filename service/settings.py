@@ -96,9 +96,9 @@ class Settings(BaseSettings):
         "queued when the previous call ends, so a lone request never waits)")
     batch_queue_size: int = Field(64, ge=1, description="requests waiting in one model's batcher; one more gets 503")
     inline_lone_requests: bool = Field(
-        True, description="a lone /v1/embed or /v1/verify request (no other inference request in the API process, "
-        "the embedder idle) runs its model call on the event loop's thread instead of through the batcher's queue: "
-        "no thread hand-offs, lower latency at low load; under concurrency requests are batched as before")
+        True, description="a lone /v1/embed (up to 4 faces) or /v1/verify request (no other inference request in the "
+        "API process, the embedder idle) runs its model call on the event loop's thread instead of through the "
+        "batcher's queue: no thread hand-offs, lower latency at low load; under concurrency requests are batched")
     ort_spinning: bool = Field(
         False, description="let the API's idle onnxruntime threads spin between calls (onnxruntime's default): a "
         "little lower latency on an idle machine, but the spinning takes CPU from decoding and HTTP under load")

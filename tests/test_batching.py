@@ -373,3 +373,27 @@ def test_a_lone_embed_request_runs_on_the_event_loop_thread_when_inline_is_on(tm
     expected = Embedder(embedder_path, threads=1).embed([FACES[0]])
     np.testing.assert_allclose(r.json()["embeddings"], expected, rtol=0, atol=1e-6)
     assert threads == [loop_thread if inline else "lrface-batcher-face embedder"]
+
+
+def test_inline_embedding_is_kept_to_small_batches(embedder_path):
+    from service.inference import INLINE_MAX_ROWS
+
+    embedder = Embedder(embedder_path, threads=1, micro_batch=True)
+    run, threads = embedder.batcher._run, []
+
+    def recording(feed):
+        threads.append((threading.current_thread().name, len(feed["face"])))
+        return run(feed)
+
+    embedder.batcher._run = recording
+
+    async def embed(n):
+        return await embedder.run_async(embedder.prepare([FACES[0]] * n), inline=True)
+
+    try:
+        small, large = asyncio.run(embed(INLINE_MAX_ROWS)), asyncio.run(embed(INLINE_MAX_ROWS + 1))
+    finally:
+        embedder.close()
+    assert threads == [(threading.current_thread().name, INLINE_MAX_ROWS),
+                       ("lrface-batcher-face embedder", INLINE_MAX_ROWS + 1)]
+    np.testing.assert_allclose(small[0], large[0], rtol=0, atol=1e-6)
