@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-mrgan": ("training.train_mrgan", "train MR-GAN (Algorithm 1) [needs lrface[train]]"),
     "train-embedder": ("training.train_embedder", "train an HR / LR face model [needs lrface[train]]"),
     "train-ran": ("training.train_ran", "train the feature adaption network (Algorithm 2) [needs lrface[train]]"),
+    "train-adapt": ("training.train_adapt", "adapt dlib's pretrained ResNet to LR faces (Algorithm 2 with a "
+                    "pretrained Model_HR) [needs lrface[train]]"),
     "export": ("training.export", "export a checkpoint to ONNX [needs lrface[train]]"),
     "realism": ("training.realism", "two-sample test: how distinguishable two folders of LR faces are [needs lrface[train]]"),
     "eval": ("training.evaluate", "verification / identification metrics of an embedder on a dev-style folder"),

@@ -4,6 +4,7 @@
                  sensor stage); output lr [N,3,112,96], the capture in its top-left h x w corner (docs/ARCHITECTURE.md)
     embedder  -> training.train_embedder.export_onnx(ckpt, out_path)
     ran       -> training.train_ran.export_onnx(ckpt, out_path)
+    adapt     -> training.train_adapt.export_onnx(ckpt, out_path)
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from models.mrgan import LRGenerator, SensorStage, build_generator, config_from_
 
 OPSET = 17
 # other kinds live with the code that trains them: kind -> module with export_onnx(ckpt_dict, out_path)
-EXPORTERS = {"embedder": "training.train_embedder", "ran": "training.train_ran"}
+EXPORTERS = {"embedder": "training.train_embedder", "ran": "training.train_ran", "adapt": "training.train_adapt"}
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

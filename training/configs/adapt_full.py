@@ -1,0 +1,42 @@
+"""Teacher-based adaption (training.train_adapt), the full model: Model_HR = dlib's ResNet through the chip warp,
+frozen; Model_LR = a copy of it fine-tuned on MR-GAN LR faces of hr-train + unlabeled-hr; translation gate
+f = f_HR + W * T(f_LR), W = sigmoid(D_LR(f_HR)). Losses: feature supervision (cosine to the teacher's embedding of
+the LR face's HR source) on every update, CosFace margin loss where identities exist, adversarial D_LR.
+Experiments (the card's ablation table) override a few fields in their own config files."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    name: str = "adapt_full"
+    gate: bool = True  # False: the embedding is Model_LR's feature alone (the "Model_LR on X" rows)
+    lr_kind: str = "mrgan"  # LR training faces: mrgan | bicubic | handmade (training.adapt_data.LR_KINDS)
+    use_unlabeled: bool = True  # also train on unlabeled-hr sources (feature supervision only)
+    hr_fraction: float = 0.25  # share of each batch that is an HR face (gate runs: HR inputs must stay put)
+    # losses
+    feature_weight: float = 1.0  # 1 - cos(f(LR face), teacher(HR source)); 0 = no feature supervision
+    cls_weight: float = 0.1  # CosFace on labelled faces (class centres start at the teacher's identity means)
+    margin: str = "cosface"
+    scale: float = 32.0
+    margin_m: float = 0.35
+    adv_weight: float = 0.05  # f(LR face) should look "HR" to D_LR
+    # gate
+    translator_hidden: int = 256
+    discriminator_hidden: int = 256
+    # optimisation: AdamW on Model_LR (pretrained: small steps), the gate and the head faster
+    batch_size: int = 32  # faces through Model_LR per update
+    steps: int = 1200
+    lr: float = 1e-4
+    head_lr: float = 1e-3
+    d_lr: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    log_every: int = 20
+    save_every_minutes: float = 5.0
+    seed: int = 0
+    verify_threshold: float = 0.5  # placeholder until `lrface eval` measures it (HR-LR at FAR 1e-3)
+
+
+config = AdaptConfig()

@@ -1,0 +1,276 @@
+"""Adapt a pretrained HR face model to LR captures (Algorithm 2 with Model_HR = dlib's ResNet, frozen).
+
+    lrface train-adapt --data runs/adapt-data --out runs/adapt_full [--config adapt_full] [--steps N]
+        [--max-minutes M] [--threads T] [--resume]
+    lrface train-adapt --export-teacher models/weights/dlib.onnx      # dlib alone, as an embedder (comparison)
+
+`--data` is the bundle of `training.adapt_data` (HR sources, one LR version of each kind per source, and the
+frozen teacher's embeddings of all of them, computed once). Model_MR is models.ran.ModelMR with
+
+    f_HR = dlib(warp(x))                      frozen teacher (its features are read from the bundle's cache)
+    f_LR = dlib'(warp(x))                     Model_LR: a copy of the teacher, fine-tuned here
+    f    = f_HR + W * T(f_LR),  W = sigmoid(D_LR(f_HR))
+
+Each update takes `batch_size` sources; a `hr_fraction` share of them enter as their HR face, the rest as their LR
+version (`lr_kind`). Losses on the fused feature f:
+- feature supervision: 1 - cos(f, teacher(HR source)) for every face (an HR face's target is its own teacher
+  feature, so the gate learns to leave HR faces alone);
+- probabilistic supervision: CosFace on faces with an identity (unlabeled-hr faces have none), class centres
+  starting at the teacher's mean feature per identity;
+- adversarial: f of an LR face should look "HR" to D_LR, which is updated on its own on teacher features of HR
+  faces (0), of LR faces (1) and on fused LR features (1).
+With `gate = False` the embedding is f_LR alone (the "Model_LR trained on X" rows of the ablation table).
+Only Model_LR runs forward and backward: the teacher's work is all in the cache. One budget for every
+experiment: `steps` x `batch_size` faces through Model_LR.
+
+The run folder holds last.pt (resumable with --resume; batches depend only on the seed and the step),
+metrics.csv and run.json (wall time, threads, hardware). `lrface export OUT/last.pt M.onnx` writes the embedder.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.dlib_resnet import DlibFaceModel, count_macs
+from models.ran import ModelMR, TranslationGate
+from training.adapt_data import LR_KINDS, load as load_bundle
+from training.common import (MetricsLog, Progress, RunControl, load_typed_config, resume_checkpoint,
+                             save_checkpoint, step_generator)
+from training.configs.adapt_full import AdaptConfig
+from training.losses import MarginHead, margin_loss
+from training.train_embedder import export_embedding_module
+
+DIM = 128
+METRIC_FIELDS = ["step", "time", "lr", "loss", "feat", "feat_lr", "cos_lr", "cls", "acc", "adv", "loss_d",
+                 "w_hr", "w_lr", "images_per_s"]
+
+
+class LRBranchOnly(torch.nn.Module):
+    """The embedding of the no-gate experiments: Model_LR's feature alone."""
+
+    def __init__(self, lr_branch: torch.nn.Module):
+        super().__init__()
+        self.lr_branch = lr_branch
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        return self.lr_branch(face)
+
+
+def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: dict | None = None) -> torch.nn.Module:
+    """The exported network: ModelMR(teacher, Model_LR, gate), or Model_LR alone."""
+    lr_branch = DlibFaceModel.from_dat()
+    if lr_state is not None:
+        lr_branch.load_state_dict(lr_state)
+    if not cfg.gate:
+        return LRBranchOnly(lr_branch).eval()
+    model = ModelMR(DlibFaceModel.from_dat(), lr_branch, DIM, cfg.translator_hidden, cfg.discriminator_hidden)
+    if gate_state is not None:
+        model.gate.load_state_dict(gate_state)
+    return model.eval()
+
+
+def export_onnx(ckpt: dict, out_path) -> Path:
+    """Export an `adapt` checkpoint as an embedder (face [N,3,112,96] -> L2-normalised [N,128])."""
+    if ckpt.get("kind") != "adapt":
+        raise ValueError(f"not an adapt checkpoint (kind {ckpt.get('kind')!r})")
+    cfg = AdaptConfig(**ckpt["config"])
+    net = build_embedder(cfg, ckpt["lr_branch"], ckpt.get("gate"))
+    model_id = f"{cfg.name}-dlib_resnet-step{ckpt['step']}"
+    return export_embedding_module(net, DIM, out_path, model_id, cfg.verify_threshold)
+
+
+def export_teacher(out_path) -> Path:
+    """dlib's ResNet through the chip warp, as an embedder (the comparison row)."""
+    return export_embedding_module(DlibFaceModel.from_dat(), DIM, out_path, "dlib_resnet_v1-chipwarp", 0.5)
+
+
+def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lrface train-adapt", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="training.adapt_data bundle (HR sources, LR versions, teacher features)")
+    p.add_argument("--out", help="run folder: last.pt, metrics.csv, run.json")
+    p.add_argument("--config", default="adapt_full", help="training/configs/NAME.py (default adapt_full)")
+    p.add_argument("--steps", type=int, help="updates in all (the budget; default: the config's)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint) after this much wall time")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
+    p.add_argument("--export-teacher", metavar="OUT.onnx", help="only export dlib's ResNet (+ warp) as an embedder")
+    args = p.parse_args(argv)
+    if not args.export_teacher and not (args.data and args.out):
+        p.error("--data and --out are required (or --export-teacher OUT.onnx)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.export_teacher:
+        print(f"train-adapt: wrote {export_teacher(args.export_teacher)}")
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = resume_checkpoint(out, args.resume, "adapt", "train-adapt")
+    cfg = AdaptConfig(**ckpt["config"]) if ckpt else load_typed_config(args.config, AdaptConfig, "train-adapt", "an")
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
+                                                          "seed": args.seed}.items() if v is not None})
+    if cfg.lr_kind not in LR_KINDS:
+        raise SystemExit(f"train-adapt: lr_kind must be one of {', '.join(LR_KINDS)}, not {cfg.lr_kind!r}")
+
+    # data: every array stays memory-mapped; a batch is gathered by index
+    data = load_bundle(args.data)
+    labels_all = np.asarray(data["labels"])
+    pool = np.arange(len(labels_all)) if cfg.use_unlabeled else np.flatnonzero(labels_all >= 0)
+    identities = data["meta"]["identities"]
+    hr_images, lr_images = data["hr"], data[f"lr_{cfg.lr_kind}"]
+    t_hr, t_lr = data["teacher_hr"], data[f"teacher_{cfg.lr_kind}"]
+
+    # model: Model_LR starts as the teacher; the gate and the head are new
+    lr_branch = DlibFaceModel.from_dat()
+    gate = TranslationGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden)
+    head = MarginHead(len(identities), DIM, cfg.margin, cfg.scale, cfg.margin_m)
+    with torch.no_grad():  # class centres at the teacher's mean (unit) feature of each identity
+        labelled = np.flatnonzero(labels_all >= 0)
+        feats = F.normalize(torch.from_numpy(np.asarray(t_hr[labelled])), dim=1)
+        centres = torch.zeros(len(identities), DIM).index_add_(0, torch.from_numpy(labels_all[labelled]), feats)
+        head.weight.copy_(F.normalize(centres, dim=1))
+    optimizer = torch.optim.AdamW([
+        {"params": list(lr_branch.parameters()), "lr_scale": 1.0},
+        {"params": list(gate.translator.parameters()) + list(head.parameters()), "lr_scale": cfg.head_lr / cfg.lr},
+    ], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    d_optimizer = torch.optim.Adam(gate.discriminator.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
+    step, elapsed_before = 0, 0.0
+    if ckpt:
+        lr_branch.load_state_dict(ckpt["lr_branch"])
+        gate.load_state_dict(ckpt["gate"])
+        head.load_state_dict(ckpt["head"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        d_optimizer.load_state_dict(ckpt["d_optimizer"])
+        step, elapsed_before = ckpt["step"], ckpt["elapsed"]
+    lr_branch.train()
+    gate.train()
+    batch = cfg.batch_size
+    n_hr = int(round(batch * cfg.hr_fraction)) if cfg.gate else 0
+    print(f"train-adapt: config {cfg.name}: {len(pool)} sources ({len(identities)} identities), LR faces "
+          f"'{cfg.lr_kind}', gate {'on' if cfg.gate else 'off'}, feature weight {cfg.feature_weight}, "
+          f"batch {batch} ({n_hr} HR), {cfg.steps} steps; Model_LR {count_macs() / 1e6:.0f} M multiply-adds a face; "
+          f"{torch.get_num_threads()} threads" + (f"; resumed at step {step}" if ckpt else ""), flush=True)
+
+    start = time.time()
+    run_info = {"config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(), "machine": platform.processor()
+                or platform.machine(), "cpus": os.cpu_count(), "torch": str(torch.__version__)}
+
+    def checkpoint() -> None:
+        elapsed = elapsed_before + time.time() - start
+        save_checkpoint(out / "last.pt", {
+            "kind": "adapt", "config": dataclasses.asdict(cfg), "lr_branch": lr_branch.state_dict(),
+            "gate": gate.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+            "d_optimizer": d_optimizer.state_dict(), "step": step, "elapsed": elapsed,
+            "identities": identities, "torch_version": str(torch.__version__)})
+        (out / "run.json").write_text(json.dumps({**run_info, "step": step, "wall_seconds": round(elapsed, 1)},
+                                                 indent=2) + "\n")
+
+    metrics = MetricsLog(out / "metrics.csv", METRIC_FIELDS)
+    progress = Progress(cfg.steps, step, "adapt")
+    control = RunControl(args.max_minutes, cfg.save_every_minutes, metrics, progress, checkpoint)
+    zeros, ones = torch.zeros(batch, 1), torch.ones(batch, 1)
+    start_step, stop_reason = step, None
+    try:
+        while step < cfg.steps:
+            rng = step_generator(cfg.seed, 7, step)
+            idx = pool[torch.randint(len(pool), (batch,), generator=rng).numpy()]
+            order = np.argsort(idx[n_hr:])  # sorted reads from the memory maps; order inside a batch is free
+            idx = np.concatenate([idx[:n_hr], idx[n_hr:][order]])
+            pixels = np.concatenate([hr_images[idx[:n_hr]], lr_images[idx[n_hr:]]])
+            x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() - 127.5) / 127.5
+            target = F.normalize(torch.from_numpy(np.asarray(t_hr[idx])), dim=1)
+            y = torch.from_numpy(labels_all[idx])
+            lr_now = learning_rate(cfg.lr, step, cfg.steps, cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now * group["lr_scale"]
+
+            f_lr = lr_branch(x)
+            if cfg.gate:
+                f_hr = torch.from_numpy(np.concatenate([t_hr[idx[:n_hr]], t_lr[idx[n_hr:]]]))
+                gate.discriminator.requires_grad_(False)
+                parts = gate(f_hr, f_lr)
+                fused, w = parts["fused"], parts["w"]
+            else:
+                f_hr, fused, w = None, f_lr, None
+            cos = F.cosine_similarity(fused, target, dim=1)
+            feat = (1 - cos).mean()
+            loss = cfg.feature_weight * feat
+            has_id = y >= 0
+            cls, acc = (margin_loss(head, fused[has_id], y[has_id]) if bool(has_id.any())
+                        else (torch.zeros(()), torch.zeros(())))
+            loss = loss + cfg.cls_weight * cls
+            adv = torch.zeros(())
+            if cfg.gate and cfg.adv_weight > 0:
+                adv = F.binary_cross_entropy_with_logits(gate.discriminator(fused[n_hr:]), zeros[n_hr:])
+                loss = loss + cfg.adv_weight * adv
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            loss_d = torch.zeros(())
+            if cfg.gate:  # D_LR: teacher features of HR faces -> 0, of LR faces -> 1, fused LR features -> 1
+                gate.discriminator.requires_grad_(True)
+                sel = idx[n_hr:]
+                d_in = torch.cat([torch.from_numpy(np.asarray(t_hr[sel])), torch.from_numpy(np.asarray(t_lr[sel])),
+                                  fused[n_hr:].detach()])
+                logits = gate.discriminator(d_in)
+                m = len(sel)
+                loss_d = (F.binary_cross_entropy_with_logits(logits[:m], zeros[:m])
+                          + 0.5 * F.binary_cross_entropy_with_logits(logits[m:2 * m], ones[:m])
+                          + 0.5 * F.binary_cross_entropy_with_logits(logits[2 * m:], ones[:m]))
+                d_optimizer.zero_grad(set_to_none=True)
+                loss_d.backward()
+                d_optimizer.step()
+            step += 1
+
+            elapsed = time.time() - start
+            tensors = {"loss": loss, "feat": feat, "feat_lr": (1 - cos[n_hr:]).mean(), "cos_lr": cos[n_hr:].mean(),
+                       "cls": cls, "acc": acc, "adv": adv, "loss_d": loss_d}
+            if w is not None:
+                tensors.update({"w_lr": w[n_hr:].mean(), **({"w_hr": w[:n_hr].mean()} if n_hr else {})})
+            metrics.add({"step": step, "time": f"{elapsed_before + elapsed:.1f}", "lr": f"{lr_now:.3g}",
+                         "images_per_s": f"{(step - start_step) * batch / max(elapsed, 1e-9):.1f}"}, tensors)
+            progress.update()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                last = metrics.flush()
+                progress.report(f"step {step}/{cfg.steps} loss {last['loss']:.4f} feat_lr {last['feat_lr']:.4f} "
+                                f"cls {last['cls']:.3f} acc {last['acc']:.3f} "
+                                + (f"W_hr {last.get('w_hr', float('nan')):.3f} W_lr {last['w_lr']:.3f} "
+                                   if cfg.gate else "")
+                                + f"{elapsed / max(step - start_step, 1):.2f}s/step")
+            stop_reason = control.after_step(elapsed)
+            if stop_reason:
+                break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    control.finish()
+    print(f"train-adapt: {stop_reason + ', stopped' if stop_reason else 'done'} at step {step}; {out / 'last.pt'}",
+          flush=True)
+    return 130 if stop_reason == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
