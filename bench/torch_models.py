@@ -40,6 +40,12 @@ def load_eager(onnx_path: str | Path, ckpt_path: str | Path | None, what: str) -
             model = build_model_mr(RANConfig(**ckpt["config"]), ckpt["branches"])
             model.load_state_dict(ckpt["model"])
             return _embedding(model), f"checkpoint {ckpt_path} (ran, step {ckpt.get('step')})"
+        if kind == "adapt":
+            from training.configs.adapt_full import AdaptConfig
+            from training.train_adapt import build_embedder
+
+            net = build_embedder(AdaptConfig(**ckpt["config"]), ckpt["lr_branch"], ckpt.get("gate"))
+            return _embedding(net), f"checkpoint {ckpt_path} (adapt, step {ckpt.get('step')})"
         if kind == "embedder":
             from models.backbones import get_model
 
@@ -68,6 +74,9 @@ def load_eager(onnx_path: str | Path, ckpt_path: str | Path | None, what: str) -
 
 def _embedder_from_model_id(model_id: str, dim: int) -> nn.Module | None:
     """The RAN embedder (untrained) that `train_ran` exports under this model_id: both branches of the named network."""
+    adapt = _adapt_embedder_from_model_id(model_id)
+    if adapt is not None:
+        return adapt
     m = re.fullmatch(r"(ran_[a-z0-9_]+?)-([a-z0-9_]+)-step\d+", model_id)
     if m is None or dim < 1:
         return None
@@ -81,6 +90,27 @@ def _embedder_from_model_id(model_id: str, dim: int) -> nn.Module | None:
     net = ModelMR(get_model(m[2], embedding_dim=dim), get_model(m[2], embedding_dim=dim), dim,
                   cfg.translator_hidden, cfg.discriminator_hidden)
     return _embedding(net)
+
+
+def _adapt_embedder_from_model_id(model_id: str) -> nn.Module | None:
+    """The dlib-based embedders (`training.train_adapt`): `<adapt config>-dlib_resnet-step<N>` or dlib alone."""
+    from models.dlib_resnet import DlibFaceModel
+
+    if model_id == "dlib_resnet_v1-chipwarp":
+        return _embedding(DlibFaceModel())
+    m = re.fullmatch(r"(adapt_[a-z0-9_]+?)-dlib_resnet-step\d+", model_id)
+    if m is None:
+        return None
+    try:
+        cfg = importlib.import_module(f"training.configs.{m[1]}").config
+    except ImportError:
+        return None
+    from models.ran import ModelMR
+    from training.train_adapt import DIM, LRBranchOnly
+
+    if not cfg.gate:
+        return _embedding(LRBranchOnly(DlibFaceModel()))
+    return _embedding(ModelMR(DlibFaceModel(), DlibFaceModel(), DIM, cfg.translator_hidden, cfg.discriminator_hidden))
 
 
 def _module_name(node_name: str) -> str:
@@ -126,6 +156,11 @@ def load_onnx_weights(module: nn.Module, onnx_path: str | Path) -> list[str]:
     for name, value in inits.items():
         if name in state:
             put(name, value)
+    for node in graph.node:  # bias-free Linear layers are exported as MatMul with the transposed weight
+        if node.op_type == "MatMul" and node.input[1] in inits and node.input[1] not in state:
+            linear = modules.get(_module_name(node.name))
+            if isinstance(linear, nn.Linear):
+                put(f"{_module_name(node.name)}.weight", np.ascontiguousarray(inits[node.input[1]].T))
     for node in graph.node:
         if node.op_type != "Conv" or node.input[1] not in inits or node.input[1] in state:
             continue

@@ -216,15 +216,16 @@ def read_dat(path: str | os.PathLike) -> DlibWeights:
 # the network
 
 class Affine(nn.Module):
-    """dlib's `affine_` layer (a frozen batch norm): y = gamma_c * x + beta_c."""
+    """dlib's `affine_` layer (a frozen batch norm): y = gamma_c * x + beta_c. The parameters are stored as
+    [C, 1, 1] so that an exported graph uses them as they are (named initializers, no reshapes)."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.gamma = nn.Parameter(torch.ones(channels))
-        self.beta = nn.Parameter(torch.zeros(channels))
+        self.gamma = nn.Parameter(torch.ones(channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
+        return x * self.gamma + self.beta
 
 
 def add_prev(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -294,8 +295,8 @@ class DlibResNet(nn.Module):
                 conv.weight.copy_(torch.from_numpy(spec["weight"]))
                 conv.bias.copy_(torch.from_numpy(spec["bias"]))
             for affine, spec in zip(affines, w.affines):
-                affine.gamma.copy_(torch.from_numpy(spec["gamma"]))
-                affine.beta.copy_(torch.from_numpy(spec["beta"]))
+                affine.gamma.copy_(torch.from_numpy(spec["gamma"]).view(-1, 1, 1))
+                affine.beta.copy_(torch.from_numpy(spec["beta"]).view(-1, 1, 1))
             self.fc.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.fc.T)))
         return self
 
