@@ -110,6 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint) after this much wall time")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
     p.add_argument("--export-teacher", metavar="OUT.onnx", help="only export dlib's ResNet (+ warp) as an embedder")
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     hr_images, lr_images = data["hr"], data[f"lr_{cfg.lr_kind}"]
     t_hr, t_lr = data["teacher_hr"], data[f"teacher_{cfg.lr_kind}"]
 
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
     # model: Model_LR starts as the teacher; the gate and the head are new
     lr_branch = DlibFaceModel.from_dat()
     gate = TranslationGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden)
@@ -165,18 +168,27 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.load_state_dict(ckpt["optimizer"])
         d_optimizer.load_state_dict(ckpt["d_optimizer"])
         step, elapsed_before = ckpt["step"], ckpt["elapsed"]
-    lr_branch.train()
-    gate.train()
+    lr_branch.to(device).train()
+    gate.to(device).train()
+    head.to(device)
+    for opt in (optimizer, d_optimizer):  # resumed optimizer state follows the parameters
+        for state in opt.state.values():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor):
+                    state[k] = v.to(device)
     batch = cfg.batch_size
     n_hr = int(round(batch * cfg.hr_fraction)) if cfg.gate else 0
     print(f"train-adapt: config {cfg.name}: {len(pool)} sources ({len(identities)} identities), LR faces "
           f"'{cfg.lr_kind}', gate {'on' if cfg.gate else 'off'}, feature weight {cfg.feature_weight}, "
           f"batch {batch} ({n_hr} HR), {cfg.steps} steps; Model_LR {count_macs() / 1e6:.0f} M multiply-adds a face; "
-          f"{torch.get_num_threads()} threads" + (f"; resumed at step {step}" if ckpt else ""), flush=True)
+          + (f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device))
+          + (f"; resumed at step {step}" if ckpt else ""), flush=True)
 
     start = time.time()
-    run_info = {"config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(), "machine": platform.processor()
-                or platform.machine(), "cpus": os.cpu_count(), "torch": str(torch.__version__)}
+    run_info = {"config": dataclasses.asdict(cfg), "device": str(device), "threads": torch.get_num_threads(),
+                "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                "torch": str(torch.__version__)}
 
     def checkpoint() -> None:
         elapsed = elapsed_before + time.time() - start
@@ -191,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     metrics = MetricsLog(out / "metrics.csv", METRIC_FIELDS)
     progress = Progress(cfg.steps, step, "adapt")
     control = RunControl(args.max_minutes, cfg.save_every_minutes, metrics, progress, checkpoint)
-    zeros, ones = torch.zeros(batch, 1), torch.ones(batch, 1)
+    zeros, ones = torch.zeros(batch, 1, device=device), torch.ones(batch, 1, device=device)
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
     start_step, stop_reason = step, None
     try:
         while step < cfg.steps:
@@ -200,16 +215,16 @@ def main(argv: list[str] | None = None) -> int:
             order = np.argsort(idx[n_hr:])  # sorted reads from the memory maps; order inside a batch is free
             idx = np.concatenate([idx[:n_hr], idx[n_hr:][order]])
             pixels = np.concatenate([hr_images[idx[:n_hr]], lr_images[idx[n_hr:]]])
-            x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() - 127.5) / 127.5
-            target = F.normalize(torch.from_numpy(np.asarray(t_hr[idx])), dim=1)
-            y = torch.from_numpy(labels_all[idx])
+            x = (tensor(pixels).permute(0, 3, 1, 2).float() - 127.5) / 127.5
+            target = F.normalize(tensor(t_hr[idx]), dim=1)
+            y = tensor(labels_all[idx])
             lr_now = learning_rate(cfg.lr, step, cfg.steps, cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr_now * group["lr_scale"]
 
             f_lr = lr_branch(x)
             if cfg.gate:
-                f_hr = torch.from_numpy(np.concatenate([t_hr[idx[:n_hr]], t_lr[idx[n_hr:]]]))
+                f_hr = tensor(np.concatenate([t_hr[idx[:n_hr]], t_lr[idx[n_hr:]]]))
                 gate.discriminator.requires_grad_(False)
                 parts = gate(f_hr, f_lr)
                 fused, w = parts["fused"], parts["w"]
@@ -220,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             loss = cfg.feature_weight * feat
             has_id = y >= 0
             cls, acc = (margin_loss(head, fused[has_id], y[has_id]) if bool(has_id.any())
-                        else (torch.zeros(()), torch.zeros(())))
+                        else (torch.zeros((), device=device), torch.zeros((), device=device)))
             loss = loss + cfg.cls_weight * cls
-            adv = torch.zeros(())
+            adv = torch.zeros((), device=device)
             if cfg.gate and cfg.adv_weight > 0:
                 adv = F.binary_cross_entropy_with_logits(gate.discriminator(fused[n_hr:]), zeros[n_hr:])
                 loss = loss + cfg.adv_weight * adv
@@ -230,12 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             optimizer.step()
 
-            loss_d = torch.zeros(())
+            loss_d = torch.zeros((), device=device)
             if cfg.gate:  # D_LR: teacher features of HR faces -> 0, of LR faces -> 1, fused LR features -> 1
                 gate.discriminator.requires_grad_(True)
                 sel = idx[n_hr:]
-                d_in = torch.cat([torch.from_numpy(np.asarray(t_hr[sel])), torch.from_numpy(np.asarray(t_lr[sel])),
-                                  fused[n_hr:].detach()])
+                d_in = torch.cat([tensor(t_hr[sel]), tensor(t_lr[sel]), fused[n_hr:].detach()])
                 logits = gate.discriminator(d_in)
                 m = len(sel)
                 loss_d = (F.binary_cross_entropy_with_logits(logits[:m], zeros[:m])

@@ -1,0 +1,106 @@
+"""The teacher-based adaption (training.adapt_data + training.train_adapt) end to end on the six fixture faces:
+bundle, a few updates, resume, export to the embedder ONNX contract, and the eager twin of the export."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from conftest import HR_DIR  # noqa: E402
+from training import adapt_data, train_adapt  # noqa: E402
+from training.common import load_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, mrgan_path):
+    """Fixture faces as the labelled set, two of them again as 'unlabeled' ones, MR-GAN variants of all."""
+    from service.offline import main_augment
+
+    root = tmp_path_factory.mktemp("adapt")
+    unlabeled = root / "unlabeled"
+    unlabeled.mkdir()
+    faces = sorted(HR_DIR.rglob("*.jpg"))
+    for f in faces[:2]:
+        shutil.copy(f, unlabeled / f"u_{f.name}")
+    (unlabeled / "images.csv").write_text("file,filled_fraction\n" + "".join(
+        f"u_{f.name},{fill}\n" for f, fill in zip(faces[:2], (0.1, 0.9))))  # the second is left out
+    for src, dst in ((HR_DIR, root / "synth-hr"), (unlabeled, root / "synth-unl")):
+        assert main_augment([str(src), str(dst), "--variants", "1", "--seed", "0", "--threads", "1",
+                             "--model", str(mrgan_path)]) == 0
+    meta = adapt_data.build(str(HR_DIR), str(unlabeled), [str(root / "synth-hr"), str(root / "synth-unl")],
+                            root / "data", threads=1)
+    return root, meta
+
+
+def test_bundle_holds_every_lr_kind_at_matched_heights_and_teacher_features(bundle):
+    root, meta = bundle
+    data = adapt_data.load(root / "data")
+    assert meta["sources"] == 7 and meta["labelled"] == 6  # one unlabeled face was mostly fill
+    assert list(data["labels"][-1:]) == [-1]
+    for kind in adapt_data.LR_KINDS:
+        assert data[f"lr_{kind}"].shape == (7, 112, 96, 3)
+        assert data[f"teacher_{kind}"].shape == (7, 128)
+    assert 18 <= int(data["heights"].min()) and int(data["heights"].max()) <= 56
+    # the teacher's features of a face and of its LR versions differ, and LR versions differ by kind
+    assert not np.allclose(data["teacher_hr"], data["teacher_mrgan"])
+    assert not np.allclose(data["teacher_bicubic"], data["teacher_handmade"])
+
+
+def test_train_resume_and_export(bundle, tmp_path):
+    root, _ = bundle
+    out = tmp_path / "run"
+    args = ["--data", str(root / "data"), "--out", str(out), "--threads", "1", "--batch-size", "4"]
+    assert train_adapt.main(args + ["--steps", "2"]) == 0
+    first = load_checkpoint(out / "last.pt", "adapt")
+    assert first["step"] == 2
+    assert train_adapt.main(args + ["--steps", "3", "--resume"]) == 0
+    ckpt = load_checkpoint(out / "last.pt", "adapt")
+    assert ckpt["step"] == 3
+    assert json.loads((out / "run.json").read_text())["step"] == 3
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3  # header + one row per update across the resume
+    # only Model_LR moved: it differs from the teacher now
+    teacher = train_adapt.DlibFaceModel.from_dat().state_dict()
+    assert not torch.equal(ckpt["lr_branch"]["resnet.stem.weight"], teacher["resnet.stem.weight"])
+
+    onnx_path = tmp_path / "embedder.onnx"
+    train_adapt.export_onnx(ckpt, onnx_path)
+    sidecar = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert sidecar["dim"] == 128 and sidecar["model_id"] == "adapt_full-dlib_resnet-step3"
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["face"]
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 112, 96)).astype(np.float32)
+    (emb,) = session.run(None, {"face": x})
+    assert emb.shape == (3, 128)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+    from bench.torch_models import load_eager
+
+    twin, how = load_eager(onnx_path, None, "embedder")
+    assert twin is not None, how
+    with torch.inference_mode():
+        np.testing.assert_allclose(twin(torch.from_numpy(x)).numpy(), emb, atol=1e-5)
+
+
+def test_no_gate_config_exports_model_lr_alone(bundle, tmp_path):
+    root, _ = bundle
+    out = tmp_path / "lr_only"
+    assert train_adapt.main(["--config", "adapt_lr_bicubic", "--data", str(root / "data"), "--out", str(out),
+                             "--threads", "1", "--batch-size", "4", "--steps", "1"]) == 0
+    ckpt = load_checkpoint(out / "last.pt", "adapt")
+    net = train_adapt.build_embedder(train_adapt.AdaptConfig(**ckpt["config"]), ckpt["lr_branch"], ckpt["gate"])
+    assert isinstance(net, train_adapt.LRBranchOnly)
+
+
+def test_teacher_export_is_dlib_through_the_warp(tmp_path):
+    path = tmp_path / "dlib.onnx"
+    train_adapt.export_teacher(path)
+    assert json.loads(path.with_suffix(".json").read_text())["model_id"] == "dlib_resnet_v1-chipwarp"
