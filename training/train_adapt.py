@@ -13,12 +13,15 @@ frozen teacher's embeddings of all of them, computed once). Model_MR is models.r
 
 Each update takes `batch_size` sources; a `hr_fraction` share of them enter as their HR face, the rest as their LR
 version (`lr_kind`). Losses on the fused feature f:
-- feature supervision: 1 - cos(f, teacher(HR source)) for every face (an HR face's target is its own teacher
-  feature, so the gate learns to leave HR faces alone);
-- probabilistic supervision: CosFace on faces with an identity (unlabeled-hr faces have none), class centres
-  starting at the teacher's mean feature per identity;
+- feature supervision: ||f - teacher(HR source)||^2 for every face (an HR face's target is its own teacher
+  feature, so the gate learns to leave HR faces alone). Squared Euclidean distance, dlib's own metric: its
+  descriptors share a large common component (the mean descriptor's norm is ~93% of a descriptor's), so a cosine
+  loss on them is blind to most of what tells people apart;
+- probabilistic supervision: CosFace on faces with an identity (unlabeled-hr faces have none), on features minus
+  the teacher's mean descriptor (`center`), class centres starting at the teacher's mean per identity;
 - adversarial: f of an LR face should look "HR" to D_LR, which is updated on its own on teacher features of HR
-  faces (0), of LR faces (1) and on fused LR features (1).
+  faces (0), of LR faces (1) and on fused LR features (1), all centred; before the first update D_LR is warmed
+  up alone on the cached teacher features (`d_warmup_steps`), so W is small on HR faces from the start.
 With `gate = False` the embedding is f_LR alone (the "Model_LR trained on X" rows of the ablation table).
 Only Model_LR runs forward and backward: the teacher's work is all in the cache. One budget for every
 experiment: `steps` x `batch_size` faces through Model_LR.
@@ -56,6 +59,27 @@ METRIC_FIELDS = ["step", "time", "lr", "loss", "feat", "feat_lr", "cos_lr", "cls
                  "w_hr", "w_lr", "images_per_s"]
 
 
+class CentredGate(TranslationGate):
+    """The translation gate of models.ran for a pretrained Model_HR whose features Model_LR starts from:
+
+        f = f_HR + W * MLP(f_LR - c),   W = sigmoid(D_LR(f_HR - c)),   c = the teacher's mean descriptor
+
+    The translator is the residual MLP alone (its last layer starts at zero, so f = f_HR, the teacher, at the
+    start) and D_LR reads centred features: dlib's descriptors share a large common component (its norm is ~93%
+    of a descriptor's) that would otherwise dominate every direction D_LR sees."""
+
+    def __init__(self, dim: int, translator_hidden: int, discriminator_hidden: int):
+        super().__init__(dim, translator_hidden, discriminator_hidden)
+        self.register_buffer("center", torch.zeros(dim))
+        last = self.translator.mlp[-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+
+    def forward(self, f_hr: torch.Tensor, f_lr: torch.Tensor) -> dict[str, torch.Tensor]:
+        w = torch.sigmoid(self.discriminator(f_hr - self.center))
+        return {"w": w, "fused": f_hr + w * self.translator.mlp(f_lr - self.center)}
+
+
 class LRBranchOnly(torch.nn.Module):
     """The embedding of the no-gate experiments: Model_LR's feature alone."""
 
@@ -67,14 +91,20 @@ class LRBranchOnly(torch.nn.Module):
         return self.lr_branch(face)
 
 
-def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: dict | None = None) -> torch.nn.Module:
-    """The exported network: ModelMR(teacher, Model_LR, gate), or Model_LR alone."""
-    lr_branch = DlibFaceModel.from_dat()
+def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: dict | None = None,
+                   pretrained: bool = True) -> torch.nn.Module:
+    """The exported network: ModelMR(teacher, Model_LR, centred gate), or Model_LR alone. `pretrained=False`
+    leaves the branches uninitialised (for loading weights from elsewhere, e.g. an exported graph)."""
+    def branch() -> DlibFaceModel:
+        return DlibFaceModel.from_dat() if pretrained else DlibFaceModel()
+
+    lr_branch = branch()
     if lr_state is not None:
         lr_branch.load_state_dict(lr_state)
     if not cfg.gate:
         return LRBranchOnly(lr_branch).eval()
-    model = ModelMR(DlibFaceModel.from_dat(), lr_branch, DIM, cfg.translator_hidden, cfg.discriminator_hidden)
+    model = ModelMR(branch(), lr_branch, DIM, cfg.translator_hidden, cfg.discriminator_hidden)
+    model.gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden)
     if gate_state is not None:
         model.gate.load_state_dict(gate_state)
     return model.eval()
@@ -93,6 +123,24 @@ def export_onnx(ckpt: dict, out_path) -> Path:
 def export_teacher(out_path) -> Path:
     """dlib's ResNet through the chip warp, as an embedder (the comparison row)."""
     return export_embedding_module(DlibFaceModel.from_dat(), DIM, out_path, "dlib_resnet_v1-chipwarp", 0.5)
+
+
+def warm_up_discriminator(gate: CentredGate, pool: np.ndarray, t_hr, t_lr, cfg: AdaptConfig, device) -> None:
+    """D_LR alone on the cached teacher features (HR faces 0, LR faces 1) before the adaption starts, so that the
+    gate tells resolutions apart from the first update (HR faces then pass nearly untouched)."""
+    opt = torch.optim.Adam(gate.discriminator.parameters(), lr=cfg.d_warmup_lr)
+    for i in range(cfg.d_warmup_steps):
+        sel = np.sort(pool[torch.randint(len(pool), (256,), generator=step_generator(cfg.seed, 11, i)).numpy()])
+        x = torch.from_numpy(np.concatenate([t_hr[sel], t_lr[sel]])).to(device) - gate.center
+        y = torch.cat([torch.zeros(len(sel), 1), torch.ones(len(sel), 1)]).to(device)
+        loss = F.binary_cross_entropy_with_logits(gate.discriminator(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        w = torch.sigmoid(gate.discriminator(x))
+    print(f"train-adapt: D_LR warm-up, {cfg.d_warmup_steps} updates: loss {loss.item():.3f}, mean W on HR "
+          f"{w[:len(sel)].mean().item():.3f}, on LR {w[len(sel):].mean().item():.3f}", flush=True)
 
 
 def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
@@ -148,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
                           else "cpu")
     # model: Model_LR starts as the teacher; the gate and the head are new
     lr_branch = DlibFaceModel.from_dat()
-    gate = TranslationGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden)
+    gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden)
     head = MarginHead(len(identities), DIM, cfg.margin, cfg.scale, cfg.margin_m)
-    with torch.no_grad():  # class centres at the teacher's mean (unit) feature of each identity
+    with torch.no_grad():  # class centres at the teacher's mean (centred, unit) feature of each identity
+        gate.center.copy_(torch.from_numpy(np.asarray(t_hr[pool]).mean(0)))
         labelled = np.flatnonzero(labels_all >= 0)
-        feats = F.normalize(torch.from_numpy(np.asarray(t_hr[labelled])), dim=1)
+        feats = F.normalize(torch.from_numpy(np.asarray(t_hr[labelled])) - gate.center, dim=1)
         centres = torch.zeros(len(identities), DIM).index_add_(0, torch.from_numpy(labels_all[labelled]), feats)
         head.weight.copy_(F.normalize(centres, dim=1))
     optimizer = torch.optim.AdamW([
@@ -208,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
     start_step, stop_reason = step, None
+    if cfg.gate and step == 0 and cfg.d_warmup_steps:
+        warm_up_discriminator(gate, pool, t_hr, t_lr, cfg, device)
     try:
         while step < cfg.steps:
             rng = step_generator(cfg.seed, 7, step)
@@ -216,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             idx = np.concatenate([idx[:n_hr], idx[n_hr:][order]])
             pixels = np.concatenate([hr_images[idx[:n_hr]], lr_images[idx[n_hr:]]])
             x = (tensor(pixels).permute(0, 3, 1, 2).float() - 127.5) / 127.5
-            target = F.normalize(tensor(t_hr[idx]), dim=1)
+            target = tensor(t_hr[idx])
             y = tensor(labels_all[idx])
             lr_now = learning_rate(cfg.lr, step, cfg.steps, cfg.warmup_steps)
             for group in optimizer.param_groups:
@@ -230,16 +281,20 @@ def main(argv: list[str] | None = None) -> int:
                 fused, w = parts["fused"], parts["w"]
             else:
                 f_hr, fused, w = None, f_lr, None
-            cos = F.cosine_similarity(fused, target, dim=1)
-            feat = (1 - cos).mean()
+            # feature supervision: squared Euclidean distance in dlib's own space (translation invariant, so the
+            # descriptors' large common component does not drown the part that tells people apart)
+            dist2 = (fused - target).pow(2).sum(1)
+            feat = dist2.mean()
             loss = cfg.feature_weight * feat
+            centred = fused - gate.center
+            cos = F.cosine_similarity(centred, target - gate.center, dim=1)
             has_id = y >= 0
-            cls, acc = (margin_loss(head, fused[has_id], y[has_id]) if bool(has_id.any())
+            cls, acc = (margin_loss(head, centred[has_id], y[has_id]) if bool(has_id.any())
                         else (torch.zeros((), device=device), torch.zeros((), device=device)))
             loss = loss + cfg.cls_weight * cls
             adv = torch.zeros((), device=device)
             if cfg.gate and cfg.adv_weight > 0:
-                adv = F.binary_cross_entropy_with_logits(gate.discriminator(fused[n_hr:]), zeros[n_hr:])
+                adv = F.binary_cross_entropy_with_logits(gate.discriminator(centred[n_hr:]), zeros[n_hr:])
                 loss = loss + cfg.adv_weight * adv
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -249,19 +304,19 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.gate:  # D_LR: teacher features of HR faces -> 0, of LR faces -> 1, fused LR features -> 1
                 gate.discriminator.requires_grad_(True)
                 sel = idx[n_hr:]
-                d_in = torch.cat([tensor(t_hr[sel]), tensor(t_lr[sel]), fused[n_hr:].detach()])
+                d_in = torch.cat([tensor(t_hr[sel]), tensor(t_lr[sel]), fused[n_hr:].detach()]) - gate.center
                 logits = gate.discriminator(d_in)
                 m = len(sel)
                 loss_d = (F.binary_cross_entropy_with_logits(logits[:m], zeros[:m])
-                          + 0.5 * F.binary_cross_entropy_with_logits(logits[m:2 * m], ones[:m])
-                          + 0.5 * F.binary_cross_entropy_with_logits(logits[2 * m:], ones[:m]))
+                          + (1 - cfg.d_fused_weight) * F.binary_cross_entropy_with_logits(logits[m:2 * m], ones[:m])
+                          + cfg.d_fused_weight * F.binary_cross_entropy_with_logits(logits[2 * m:], ones[:m]))
                 d_optimizer.zero_grad(set_to_none=True)
                 loss_d.backward()
                 d_optimizer.step()
             step += 1
 
             elapsed = time.time() - start
-            tensors = {"loss": loss, "feat": feat, "feat_lr": (1 - cos[n_hr:]).mean(), "cos_lr": cos[n_hr:].mean(),
+            tensors = {"loss": loss, "feat": feat, "feat_lr": dist2[n_hr:].mean(), "cos_lr": cos[n_hr:].mean(),
                        "cls": cls, "acc": acc, "adv": adv, "loss_d": loss_d}
             if w is not None:
                 tensors.update({"w_lr": w[n_hr:].mean(), **({"w_hr": w[:n_hr].mean()} if n_hr else {})})
