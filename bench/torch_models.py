@@ -105,12 +105,9 @@ def _adapt_embedder_from_model_id(model_id: str) -> nn.Module | None:
         cfg = importlib.import_module(f"training.configs.{m[1]}").config
     except ImportError:
         return None
-    from models.ran import ModelMR
-    from training.train_adapt import DIM, LRBranchOnly
+    from training.train_adapt import build_embedder
 
-    if not cfg.gate:
-        return _embedding(LRBranchOnly(DlibFaceModel()))
-    return _embedding(ModelMR(DlibFaceModel(), DlibFaceModel(), DIM, cfg.translator_hidden, cfg.discriminator_hidden))
+    return _embedding(build_embedder(cfg, pretrained=False))
 
 
 def _module_name(node_name: str) -> str:
