@@ -97,7 +97,7 @@ def test_no_gate_config_exports_model_lr_alone(bundle, tmp_path):
                              "--threads", "1", "--batch-size", "4", "--steps", "1"]) == 0
     ckpt = load_checkpoint(out / "last.pt", "adapt")
     net = train_adapt.build_embedder(train_adapt.AdaptConfig(**ckpt["config"]), ckpt["lr_branch"], ckpt["gate"])
-    assert isinstance(net, train_adapt.LRBranchOnly)
+    assert isinstance(net, train_adapt.Centred) and isinstance(net.net, train_adapt.LRBranchOnly)
 
 
 def test_teacher_export_is_dlib_through_the_warp(tmp_path):

@@ -9,7 +9,7 @@ frozen teacher's embeddings of all of them, computed once). Model_MR is models.r
 
     f_HR = dlib(warp(x))                      frozen teacher (its features are read from the bundle's cache)
     f_LR = dlib'(warp(x))                     Model_LR: a copy of the teacher, fine-tuned here
-    f    = f_HR + W * T(f_LR),  W = sigmoid(D_LR(f_HR))
+    f    = (1 - W) f_HR + W T(f_LR),  W = sigmoid(D_LR(f_HR - c))   (CentredGate)
 
 Each update takes `batch_size` sources; a `hr_fraction` share of them enter as their HR face, the rest as their LR
 version (`lr_kind`). Losses on the fused feature f:
@@ -55,29 +55,49 @@ from training.losses import MarginHead, margin_loss
 from training.train_embedder import export_embedding_module
 
 DIM = 128
-METRIC_FIELDS = ["step", "time", "lr", "loss", "feat", "feat_lr", "cos_lr", "cls", "acc", "adv", "loss_d",
+METRIC_FIELDS = ["step", "time", "lr", "loss", "feat", "contrast", "feat_lr", "cos_lr", "cls", "acc", "adv", "loss_d",
                  "w_hr", "w_lr", "images_per_s"]
 
 
 class CentredGate(TranslationGate):
     """The translation gate of models.ran for a pretrained Model_HR whose features Model_LR starts from:
 
-        f = f_HR + W * MLP(f_LR - c),   W = sigmoid(D_LR(f_HR - c)),   c = the teacher's mean descriptor
+        f = (1 - W) f_HR + W T(f_LR),   T(g) = g + s MLP(g - c),   W = sigmoid(D_LR(f_HR - c))
 
-    The translator is the residual MLP alone (its last layer starts at zero, so f = f_HR, the teacher, at the
-    start) and D_LR reads centred features: dlib's descriptors share a large common component (its norm is ~93%
+    with c the teacher's mean descriptor. Model_LR starts as a copy of the teacher, so Model_LR and the teacher
+    speak the same units and the fusion is convex: an HR face (W ~ 0) keeps the teacher's feature, an LR face
+    (W ~ 1) gets Model_LR's, translated. (The project's from-scratch RAN fuses additively, f_HR + W T(f_LR), to
+    amplify a weak HR feature; here that starts every LR face at twice its feature and stalled in trials.) The
+    translator's residual MLP is scaled by s (`translator_scale`, about the spread of one descriptor entry) and
+    its last layer starts at zero, so T is the identity at the start. D_LR reads centred features: dlib's descriptors share a large common component (its norm is ~93%
     of a descriptor's) that would otherwise dominate every direction D_LR sees."""
 
-    def __init__(self, dim: int, translator_hidden: int, discriminator_hidden: int):
+    def __init__(self, dim: int, translator_hidden: int, discriminator_hidden: int, translator_scale: float = 0.1):
         super().__init__(dim, translator_hidden, discriminator_hidden)
         self.register_buffer("center", torch.zeros(dim))
+        self.translator_scale = float(translator_scale)
         last = self.translator.mlp[-1]
         torch.nn.init.zeros_(last.weight)
         torch.nn.init.zeros_(last.bias)
 
     def forward(self, f_hr: torch.Tensor, f_lr: torch.Tensor) -> dict[str, torch.Tensor]:
         w = torch.sigmoid(self.discriminator(f_hr - self.center))
-        return {"w": w, "fused": f_hr + w * self.translator.mlp(f_lr - self.center)}
+        translated = f_lr + self.translator_scale * self.translator.mlp(f_lr - self.center)
+        return {"w": w, "fused": f_hr + w * (translated - f_hr)}
+
+
+class Centred(torch.nn.Module):
+    """The exported embedding: the network's feature minus `output_center` x the teacher's mean descriptor (kept
+    in the graph as `center`), before the L2 normalisation of the export. Cosine similarity of centred dlib
+    descriptors tells LR faces apart much better than of raw ones (their common component dominates the angle)."""
+
+    def __init__(self, net: torch.nn.Module, dim: int = DIM):
+        super().__init__()
+        self.net = net
+        self.register_buffer("center", torch.zeros(dim))
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        return self.net(face) - self.center
 
 
 class LRBranchOnly(torch.nn.Module):
@@ -101,13 +121,18 @@ def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: d
     lr_branch = branch()
     if lr_state is not None:
         lr_branch.load_state_dict(lr_state)
-    if not cfg.gate:
-        return LRBranchOnly(lr_branch).eval()
-    model = ModelMR(branch(), lr_branch, DIM, cfg.translator_hidden, cfg.discriminator_hidden)
-    model.gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden)
+    gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
     if gate_state is not None:
-        model.gate.load_state_dict(gate_state)
-    return model.eval()
+        gate.load_state_dict(gate_state)
+    if cfg.gate:
+        model = ModelMR(branch(), lr_branch, DIM, cfg.translator_hidden, cfg.discriminator_hidden)
+        model.gate = gate
+    else:
+        model = LRBranchOnly(lr_branch)
+    out = Centred(model)
+    with torch.no_grad():
+        out.center.copy_(gate.center * cfg.output_center)
+    return out.eval()
 
 
 def export_onnx(ckpt: dict, out_path) -> Path:
@@ -141,6 +166,23 @@ def warm_up_discriminator(gate: CentredGate, pool: np.ndarray, t_hr, t_lr, cfg: 
         w = torch.sigmoid(gate.discriminator(x))
     print(f"train-adapt: D_LR warm-up, {cfg.d_warmup_steps} updates: loss {loss.item():.3f}, mean W on HR "
           f"{w[:len(sel)].mean().item():.3f}, on LR {w[len(sel):].mean().item():.3f}", flush=True)
+
+
+def photometric(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Camera-like colour changes of LR faces in [0, 1] (N, 3, H, W): greyscale (night mode), white-balance
+    casts, gamma and contrast. Real captures show far more of these than the MR-GAN's faces do (the model card's
+    note), and dlib's features are colour-sensitive."""
+    n = x.shape[0]
+    rnd = lambda *shape: torch.rand(*shape, generator=gen).to(x.device)  # noqa: E731
+    gains = torch.exp((rnd(n, 3, 1, 1) * 2 - 1) * 0.25 * strength)
+    x = (x * gains).clamp(0, 1)
+    gamma = torch.exp((rnd(n, 1, 1, 1) * 2 - 1) * 0.4 * strength)
+    x = x.clamp_min(1e-4) ** gamma
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * (1 + (rnd(n, 1, 1, 1) * 2 - 1) * 0.35 * strength) + mean).clamp(0, 1)
+    grey = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    to_grey = rnd(n, 1, 1, 1) < 0.25 * strength
+    return torch.where(to_grey, grey.expand_as(x), x)
 
 
 def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
@@ -196,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                           else "cpu")
     # model: Model_LR starts as the teacher; the gate and the head are new
     lr_branch = DlibFaceModel.from_dat()
-    gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden)
+    gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
     head = MarginHead(len(identities), DIM, cfg.margin, cfg.scale, cfg.margin_m)
     with torch.no_grad():  # class centres at the teacher's mean (centred, unit) feature of each identity
         gate.center.copy_(torch.from_numpy(np.asarray(t_hr[pool]).mean(0)))
@@ -205,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         centres = torch.zeros(len(identities), DIM).index_add_(0, torch.from_numpy(labels_all[labelled]), feats)
         head.weight.copy_(F.normalize(centres, dim=1))
     optimizer = torch.optim.AdamW([
-        {"params": list(lr_branch.parameters()), "lr_scale": 1.0},
-        {"params": list(gate.translator.parameters()) + list(head.parameters()), "lr_scale": cfg.head_lr / cfg.lr},
+        {"params": list(lr_branch.parameters()) + list(gate.translator.parameters()), "lr_scale": 1.0},
+        {"params": list(head.parameters()), "lr_scale": cfg.head_lr / cfg.lr},
     ], lr=cfg.lr, weight_decay=cfg.weight_decay)
     d_optimizer = torch.optim.Adam(gate.discriminator.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
     step, elapsed_before = 0, 0.0
@@ -253,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress(cfg.steps, step, "adapt")
     control = RunControl(args.max_minutes, cfg.save_every_minutes, metrics, progress, checkpoint)
     zeros, ones = torch.zeros(batch, 1, device=device), torch.ones(batch, 1, device=device)
+    # the teacher's (centred, unit) features of every source in the pool: the classes of the contrastive
+    # feature supervision, and the source's position in it
+    bank = F.normalize(torch.from_numpy(np.asarray(t_hr[pool])).to(device) - gate.center, dim=1)
+    bank_labels = torch.from_numpy(labels_all[pool]).to(device)
+    position = np.full(len(labels_all), -1, np.int64)
+    position[pool] = np.arange(len(pool))
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
@@ -266,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             order = np.argsort(idx[n_hr:])  # sorted reads from the memory maps; order inside a batch is free
             idx = np.concatenate([idx[:n_hr], idx[n_hr:][order]])
             pixels = np.concatenate([hr_images[idx[:n_hr]], lr_images[idx[n_hr:]]])
-            x = (tensor(pixels).permute(0, 3, 1, 2).float() - 127.5) / 127.5
+            x = tensor(pixels).permute(0, 3, 1, 2).float() / 255.0
+            if cfg.photometric > 0:  # LR inputs only
+                x[n_hr:] = photometric(x[n_hr:], cfg.photometric, rng)
+            x = x * 2 - 1
             target = tensor(t_hr[idx])
             y = tensor(labels_all[idx])
             lr_now = learning_rate(cfg.lr, step, cfg.steps, cfg.warmup_steps)
@@ -288,6 +339,16 @@ def main(argv: list[str] | None = None) -> int:
             loss = cfg.feature_weight * feat
             centred = fused - gate.center
             cos = F.cosine_similarity(centred, target - gate.center, dim=1)
+            contrast = torch.zeros((), device=device)
+            if cfg.contrast_weight > 0:
+                # which of all the teacher's HR features is this face's source? (other faces of the same person
+                # are not counted as wrong answers)
+                logits = cfg.contrast_scale * F.normalize(centred, dim=1) @ bank.T
+                pos = torch.from_numpy(position[idx]).to(device)
+                same = (bank_labels[None, :] == y[:, None]) & (y[:, None] >= 0)
+                same[torch.arange(len(pos)), pos] = False
+                contrast = F.cross_entropy(logits.masked_fill(same, float("-inf")), pos)
+                loss = loss + cfg.contrast_weight * contrast
             has_id = y >= 0
             cls, acc = (margin_loss(head, centred[has_id], y[has_id]) if bool(has_id.any())
                         else (torch.zeros((), device=device), torch.zeros((), device=device)))
@@ -316,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             step += 1
 
             elapsed = time.time() - start
-            tensors = {"loss": loss, "feat": feat, "feat_lr": dist2[n_hr:].mean(), "cos_lr": cos[n_hr:].mean(),
+            tensors = {"loss": loss, "feat": feat, "contrast": contrast, "feat_lr": dist2[n_hr:].mean(), "cos_lr": cos[n_hr:].mean(),
                        "cls": cls, "acc": acc, "adv": adv, "loss_d": loss_d}
             if w is not None:
                 tensors.update({"w_lr": w[n_hr:].mean(), **({"w_hr": w[:n_hr].mean()} if n_hr else {})})
@@ -326,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 last = metrics.flush()
                 progress.report(f"step {step}/{cfg.steps} loss {last['loss']:.4f} feat_lr {last['feat_lr']:.4f} "
+                                f"contrast {last['contrast']:.3f} "
                                 f"cls {last['cls']:.3f} acc {last['acc']:.3f} "
                                 + (f"W_hr {last.get('w_hr', float('nan')):.3f} W_lr {last['w_lr']:.3f} "
                                    if cfg.gate else "")
