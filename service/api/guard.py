@@ -16,7 +16,11 @@ from service.settings import Settings
 
 # Room for multipart boundaries and the small form fields next to the files.
 FORM_OVERHEAD = 64 * 1024
-OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/")
+# Static files of the docs and of the web demo: public, like the pages that load them (the demo asks for the key
+# and sends it with its API calls).
+DOCS_ASSETS_PREFIX = "/static-offline-docs"
+OPEN_PREFIXES = (DOCS_ASSETS_PREFIX + "/", "/demo/")
 
 
 class BodyTooLarge(HTTPException):
@@ -57,7 +61,7 @@ class GuardMiddleware:
             return
         path = scope.get("path", "")
         headers = Headers(scope=scope)
-        if path not in OPEN_PATHS and not api_key_ok(self.settings, headers.get("authorization")):
+        if path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES) and not api_key_ok(self.settings, headers.get("authorization")):
             message = "a valid API key is required: send `Authorization: Bearer <key>`"
             response = error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
