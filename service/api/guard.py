@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 
 from fastapi import HTTPException
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
@@ -21,6 +21,14 @@ OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
 # and sends it with its API calls).
 DOCS_ASSETS_PREFIX = "/static-offline-docs"
 OPEN_PREFIXES = (DOCS_ASSETS_PREFIX + "/", "/demo/")
+
+
+# The HTML pages (docs, demo) may load only what this server serves: an asset a page would fetch from the internet
+# (ReDoc's footer logo) is not even requested, so the pages behave the same on a closed network.
+PAGE_PATHS = ("/", "/docs", "/redoc")
+PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+            "frame-ancestors 'self'")
 
 
 class BodyTooLarge(HTTPException):
@@ -76,6 +84,8 @@ class GuardMiddleware:
                                       headers={"Connection": "close"})
             await response(scope, receive, send)
             return
+        if path in PAGE_PATHS:
+            send = _with_page_policy(send)
         received = 0
 
         async def counting_receive() -> Message:
@@ -88,3 +98,12 @@ class GuardMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+def _with_page_policy(send: Send) -> Send:
+    async def send_with_policy(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            MutableHeaders(scope=message)["Content-Security-Policy"] = PAGE_CSP
+        await send(message)
+
+    return send_with_policy
