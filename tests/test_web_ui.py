@@ -56,6 +56,7 @@ def test_swagger_ui_renders_every_operation_offline(server, browser):
              for b in browser.find_elements(By.CSS_SELECTOR, ".opblock")}
     assert shown == set(operations)
     assert browser.find_element(By.CSS_SELECTOR, ".info .title").text.startswith("lrface")
+    assert browser.find_elements(By.CSS_SELECTOR, ".btn.authorize")  # API keys are on: Swagger UI can send one
     assert requests_outside(browser, server.base_url) == []
     assert severe_console_errors(browser) == []
 
