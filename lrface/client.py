@@ -489,20 +489,21 @@ def _final(job: Job) -> Job:
 
 
 class _Progress:
-    """A tqdm bar of a job's processed faces (done + failed), or nothing."""
+    """A tqdm bar of a job's processed faces (done + failed), or nothing; made at the first poll, with its total."""
 
     def __init__(self, enabled: bool, job_id: str):
+        self.enabled = enabled
+        self.job_id = job_id
         self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=0, unit="face", desc=f"job {job_id[:8]}")
 
     def show(self, job: Job) -> None:
-        if self.bar is None:
+        if not self.enabled:
             return
-        if self.bar.total != job.total:
-            self.bar.total = job.total
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=job.total, unit="face", desc=f"job {self.job_id[:8]}")
+        self.bar.total = job.total
         self.bar.n = job.done + job.failed
         self.bar.set_postfix_str(job.state, refresh=False)
         self.bar.refresh()
