@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from models.face import align_face, resize_rgb
+from models.face import FACE_HEIGHT, FACE_WIDTH, align_face, resize_rgb
 
 # Big photos are shrunk before detection: faces worth aligning stay well above the 16 px smallest anchor,
 # and the cost stays bounded whatever was uploaded.
@@ -23,8 +23,28 @@ SCORE_THRESHOLD = 0.8
 NMS_THRESHOLD = 0.4
 
 
+# How much an aligned crop's width may differ from height * 96 / 112 (its template's aspect ratio at any scale):
+# 4 %, or 1 px for the rounding of tiny LR captures. Whole photos (LFW's 250x250, CelebA's 178x218) are outside.
+ALIGNED_ASPECT_TOLERANCE = 0.04
+
+
 class NoFaceError(ValueError):
     """No face above the score threshold was found."""
+
+
+def looks_aligned(height: int, width: int) -> bool:
+    """Whether an image is shaped like a face crop on the 112x96 template (at any scale)."""
+    expected = height * FACE_WIDTH / FACE_HEIGHT
+    return abs(width - expected) <= max(1.0, ALIGNED_ASPECT_TOLERANCE * expected)
+
+
+def choose_align(align: str | None, height: int, width: int) -> str:
+    """The alignment an image gets: `align` when given ("none" or "auto"); when not given, "none" for an image
+    shaped like an aligned crop and "auto" (detect and align the face) for anything else, so that a whole photo
+    is never embedded as if it were a face crop."""
+    if align is not None:
+        return str(align)
+    return "none" if looks_aligned(height, width) else "auto"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.face import MIN_INPUT_HEIGHT, ImageDecodeError, decode_image, encode_png, lr_width_for_height
+from service.detect import NoFaceError, choose_align
 from service.inference import MAX_HEIGHT, MIN_HEIGHT, Embedder, ModelNotFoundError, Synthesizer, execution_providers
 from training.data import IMAGE_EXTENSIONS
 
@@ -91,11 +92,32 @@ def _read_regular_file(path: str | os.PathLike) -> bytes:
 
 
 def read_face(path: str | os.PathLike) -> np.ndarray:
-    """Read a face with the shared decoder; raises ImageDecodeError (or OSError) when it cannot be used."""
+    """Read an aligned face with the shared decoder; raises ImageDecodeError (or OSError) when it cannot be used."""
+    return load_face(path, "none")[0]
+
+
+def load_face(path: str | os.PathLike, align: str | None = "none", detector=None) -> tuple[np.ndarray, dict | None]:
+    """Read an image and make it the face the models take, as the API does: `align` "none" (an aligned crop),
+    "auto" (the most prominent face, detected and aligned by `detector`, a `service.detect.FaceDetector`) or None
+    (none for an image shaped like an aligned crop, else auto: `service.detect.choose_align`).
+
+    Returns (face, detection box or None); raises ImageDecodeError (reason "no_face" when no face is found) or OSError.
+    """
     rgb = decode_image(_read_regular_file(path))
-    if rgb.shape[0] < MIN_INPUT_HEIGHT:
-        raise ImageDecodeError("too_small", f"image is {rgb.shape[0]} px high; at least {MIN_INPUT_HEIGHT} px are needed")
-    return rgb
+    chosen = choose_align(align, rgb.shape[0], rgb.shape[1])
+    if chosen == "none":
+        if rgb.shape[0] < MIN_INPUT_HEIGHT:
+            raise ImageDecodeError("too_small", f"image is {rgb.shape[0]} px high; at least {MIN_INPUT_HEIGHT} px are needed")
+        return rgb, None
+    if detector is None:
+        raise ValueError("align=auto needs a face detector")
+    try:
+        face, detection = detector.align(rgb)
+    except NoFaceError:
+        hint = "" if align is not None else (f" (the image is {rgb.shape[1]}x{rgb.shape[0]}, not shaped like an aligned "
+                                             "112x96 face crop, so the face was looked for; --align none uses the whole image)")
+        raise ImageDecodeError("no_face", "no face was found in the image" + hint) from None
+    return face, detection.box()
 
 
 def _failure(rel_path: str, exc: Exception) -> dict:
@@ -131,14 +153,16 @@ def plan_sources(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
 def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                     rel_paths: list[str], variants: int, seed: int = 0, height: int | None = None,
                     min_height: int | None = None, max_height: int | None = None, canvas: bool = False, *,
-                    progress: Callable[[int], None] | None = None) -> list[dict]:
+                    progress: Callable[[int], None] | None = None, align: str | None = "none",
+                    detector=None) -> list[dict]:
     """Write the K variants of each source in `rel_paths`; one result dict per source, in order.
 
     Result: `{"source", "status": "done" | "skipped" | "failed", "outputs": [paths relative to output_dir]}`,
     plus `"reason"` (a short code such as "not_an_image", "corrupt", "too_small") and `"message"` when failed.
     A source is skipped when all its K outputs exist; otherwise its missing outputs are written (atomically).
     Unreadable sources are failures, never exceptions. Invalid arguments raise ValueError before any work.
-    `progress(n)` is called as sources finish (for a progress bar or a task's state).
+    `progress(n)` is called as sources finish (for a progress bar or a task's state). `align` / `detector`: as
+    for `load_face` (default "none": the sources are aligned crops).
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if isinstance(variants, bool) or not isinstance(variants, int) or variants < 1:
@@ -159,7 +183,7 @@ def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir
         faces, keys = [], []
         for rel in pending[start:start + per_call]:
             try:
-                faces.append(read_face(input_dir / rel))
+                faces.append(load_face(input_dir / rel, align, detector)[0])
                 keys.append(rel)
             except (ImageDecodeError, OSError) as exc:
                 results[rel] = _failure(rel, exc)
@@ -267,6 +291,9 @@ def _add_synthesis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-height", type=int, metavar="A", help="lowest LR height to draw")
     p.add_argument("--max-height", type=int, metavar="B", help="highest LR height to draw")
     p.add_argument("--canvas", action="store_true", help="write 112x96 canvases instead of native LR sizes")
+    p.add_argument("--align", choices=("none", "auto"), default="none",
+                   help="none (default): the images are aligned face crops; auto: detect and align the most prominent "
+                        "face of each image first (RetinaFace, as the API's align=auto)")
     _add_model_args(p, "mrgan", 32)
 
 
@@ -285,6 +312,15 @@ def _load_synthesizer(args) -> Synthesizer:
     return synth
 
 
+def _load_detector(args, align: str | None):
+    """The face detector, unless every image is taken as an aligned crop."""
+    if align == "none":
+        return None
+    from service.detect import FaceDetector
+
+    return FaceDetector(providers=execution_providers(args.device), threads=args.threads)
+
+
 def _run(prog: str, body: Callable[[], int]) -> int:
     try:
         return body()
@@ -297,7 +333,7 @@ def main_augment(argv: list[str] | None = None) -> int:
     p = _Parser(prog="lrface augment", description="Write K realistic LR variants of every face under INPUT_DIR "
                 "to OUTPUT_DIR/<relative path without extension>_<k>.png, plus OUTPUT_DIR/manifest.jsonl. "
                 "Resumable: faces whose K outputs exist are skipped.")
-    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of aligned HR faces (walked recursively)")
+    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of aligned HR faces, or photos with --align auto (walked recursively)")
     p.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the variants go (may be inside INPUT_DIR; it is not walked)")
     _add_synthesis_args(p)
     args = p.parse_args(argv)
@@ -313,6 +349,7 @@ def main_augment(argv: list[str] | None = None) -> int:
         if not sources and not failures:
             raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}")
         synth = _load_synthesizer(args)
+        detector = _load_detector(args, args.align)
         output_dir.mkdir(parents=True, exist_ok=True)
         for f in failures:
             tqdm.write(f"lrface augment: skipping {f['source']}: {f['message']}", file=sys.stderr)
@@ -322,7 +359,7 @@ def main_augment(argv: list[str] | None = None) -> int:
             for start in range(0, len(sources), 256):
                 chunk = augment_sources(synth, input_dir, output_dir, sources[start:start + 256], args.variants,
                                         args.seed, args.height, args.min_height, args.max_height, args.canvas,
-                                        progress=bar.update)
+                                        progress=bar.update, align=args.align, detector=detector)
                 for r in chunk:
                     if r["status"] == "failed":
                         tqdm.write(f"lrface augment: cannot read {r['source']}: {r['message']} ({r['reason']})", file=sys.stderr)
@@ -344,7 +381,7 @@ def main_augment(argv: list[str] | None = None) -> int:
 def main_synth(argv: list[str] | None = None) -> int:
     p = _Parser(prog="lrface synth", description="Write K realistic LR variants of one aligned HR face to "
                 "DIR/<stem>_<k>.png, plus DIR/manifest.jsonl. Same files as `lrface augment` on its folder.")
-    p.add_argument("image", metavar="IMAGE", help="aligned HR face image")
+    p.add_argument("image", metavar="IMAGE", help="aligned HR face image, or a photo with --align auto")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_synthesis_args(p)
     args = p.parse_args(argv)
@@ -356,7 +393,8 @@ def main_synth(argv: list[str] | None = None) -> int:
         synth = _load_synthesizer(args)
         out = Path(args.out)
         (result,) = augment_sources(synth, image.parent, out, [image.name], args.variants, args.seed, args.height,
-                                    args.min_height, args.max_height, args.canvas)
+                                    args.min_height, args.max_height, args.canvas, align=args.align,
+                                    detector=_load_detector(args, args.align))
         if result["status"] == "failed":
             print(f"lrface synth: cannot read {image}: {result['message']} ({result['reason']})", file=sys.stderr)
             return 1
@@ -373,6 +411,11 @@ def main_embed(argv: list[str] | None = None) -> int:
                 "(relative, '/'-separated) and `embeddings` (N x D float32, L2-normalised).")
     p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of faces (any sizes, walked recursively)")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+    p.add_argument("--align", choices=("none", "auto"),
+                   help="none: every image is an aligned face crop; auto: detect and align the most prominent face of "
+                        "each (RetinaFace, as the API's align=auto). Default: none for images shaped like an aligned "
+                        "112x96 crop (width within 4%% or 1 px of height x 96/112), auto for the others, as the API "
+                        "does without align; an image where no face is found is reported and left out")
     _add_model_args(p, "embedder", 64)
     args = p.parse_args(argv)
 
@@ -385,6 +428,7 @@ def main_embed(argv: list[str] | None = None) -> int:
             raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}")
         embedder = Embedder(args.model, providers=execution_providers(args.device), threads=args.threads,
                             max_batch=args.batch_size)
+        detector = _load_detector(args, args.align)
         paths: list[str] = []
         blocks: list[np.ndarray] = []
         failed = 0
@@ -393,7 +437,7 @@ def main_embed(argv: list[str] | None = None) -> int:
                 faces = []
                 for rel in sources[start:start + args.batch_size]:
                     try:
-                        faces.append(read_face(input_dir / rel))
+                        faces.append(load_face(input_dir / rel, args.align, detector)[0])
                         paths.append(rel)
                     except (ImageDecodeError, OSError) as exc:
                         failed += 1

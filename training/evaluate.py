@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from models.face import read_image
-from service.inference import Embedder, ModelNotFoundError
+from service.inference import Embedder, ModelNotFoundError, default_model_path
 
 # list of uint8 RGB faces (any size) -> float32 N x D, rows L2-normalised
 EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
@@ -280,7 +280,8 @@ def write_report(metrics: dict, name: str, out: Path, prog: str = "eval") -> dic
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lrface eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="dev-style folder: hr/, lr/, images.csv")
-    p.add_argument("--model", required=True, help="embedder ONNX (face -> embedding)")
+    p.add_argument("--model", help="embedder ONNX (face -> embedding; its JSON sidecar next to it); "
+                                   "default: the shipped models/weights/embedder.onnx")
     p.add_argument("--out", default="eval", help="where metrics_<name>.json and roc_<name>.png go (default ./eval)")
     p.add_argument("--name", help="name in file names and the table row (default: the model file's stem)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -290,7 +291,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model = Path(args.model)
+    model = Path(args.model) if args.model else default_model_path("embedder")
     if not model.exists():
         raise SystemExit(f"eval: {model} not found")
     name = args.name or model.stem

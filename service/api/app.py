@@ -6,15 +6,16 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from service.api.access import RequestContextMiddleware
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
-from service.api.guard import GuardMiddleware
+from service.api.guard import DOCS_ASSETS_PREFIX, OPEN_PATHS, GuardMiddleware
 from service.api.limits import AdmissionMiddleware, InferenceLimiter, InFlight
 from service.api.metrics import Metrics, MetricsMiddleware
-from service.api.routes import embed, health, jobs, synthesize
+from service.api.routes import demo, embed, health, jobs, synthesize
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -66,11 +67,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if store is not None:
             store.redis.close()
 
-    app = FastAPI(title="lrface", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc with Swagger UI's and ReDoc's files served by the app itself (from the fastapi-offline
+    # wheel): they render on a closed network. The validator badge would call a public service: off.
+    app: FastAPI = FastAPIOffline(title="lrface", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                                  static_url=DOCS_ASSETS_PREFIX, swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
+    if settings.api_keys:
+        _document_api_keys(app)
     install_error_handlers(app)
     for module in (synthesize, embed, jobs, health):
         app.include_router(module.router)
+    app.include_router(demo.router)
+    app.mount(demo.DEMO_PREFIX, demo.demo_assets(), name="demo")
     # Added innermost first. From the outside in: request id + access log, metrics (they see every request, also
     # refused ones), CORS (when configured), the guard (API key, body size) and admission (backpressure, body
     # timeouts), both before any body is read.
@@ -85,3 +93,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _document_api_keys(app: FastAPI) -> None:
+    """With API keys on, the OpenAPI document says which operations need one, so /docs has an Authorize button
+    and its "Try it out" sends the key."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+            "type": "http", "scheme": "bearer", "description": "one of the server's LRFACE_API_KEYS"}
+        for path, item in schema["paths"].items():
+            if path not in OPEN_PATHS:
+                for operation in item.values():
+                    operation["security"] = [{"apiKey": []}]
+        return schema
+
+    app.openapi = openapi

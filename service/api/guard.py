@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 
 from fastapi import HTTPException
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
@@ -16,7 +16,19 @@ from service.settings import Settings
 
 # Room for multipart boundaries and the small form fields next to the files.
 FORM_OVERHEAD = 64 * 1024
-OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/")
+# Static files of the docs and of the web demo: public, like the pages that load them (the demo asks for the key
+# and sends it with its API calls).
+DOCS_ASSETS_PREFIX = "/static-offline-docs"
+OPEN_PREFIXES = (DOCS_ASSETS_PREFIX + "/", "/demo/")
+
+
+# The HTML pages (docs, demo) may load only what this server serves: an asset a page would fetch from the internet
+# (ReDoc's footer logo) is not even requested, so the pages behave the same on a closed network.
+PAGE_PATHS = ("/", "/docs", "/redoc")
+PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+            "frame-ancestors 'self'")
 
 
 class BodyTooLarge(HTTPException):
@@ -57,7 +69,7 @@ class GuardMiddleware:
             return
         path = scope.get("path", "")
         headers = Headers(scope=scope)
-        if path not in OPEN_PATHS and not api_key_ok(self.settings, headers.get("authorization")):
+        if path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES) and not api_key_ok(self.settings, headers.get("authorization")):
             message = "a valid API key is required: send `Authorization: Bearer <key>`"
             response = error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
@@ -72,6 +84,8 @@ class GuardMiddleware:
                                       headers={"Connection": "close"})
             await response(scope, receive, send)
             return
+        if path in PAGE_PATHS:
+            send = _with_page_policy(send)
         received = 0
 
         async def counting_receive() -> Message:
@@ -84,3 +98,12 @@ class GuardMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+def _with_page_policy(send: Send) -> Send:
+    async def send_with_policy(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            MutableHeaders(scope=message)["Content-Security-Policy"] = PAGE_CSP
+        await send(message)
+
+    return send_with_policy

@@ -28,6 +28,8 @@ class EmbedItem(BaseModel):
     filename: str
     width: int = Field(description="width of the face given to the embedder (112x96 after align=auto)")
     height: int
+    align: Align = Field(description="what was done with the image: none (taken as an aligned crop) or auto "
+                                     "(the face was detected and aligned)")
     face_box: FaceBox | None
 
 
@@ -45,23 +47,23 @@ class VerifyResponse(BaseModel):
     model_id: str
 
 
-def _detector_for(services: Services, align: Align):
-    if align is not Align.auto:
+def _detector_for(services: Services, align: Align | None):
+    if align is Align.none:
         return None
     detector = services.model("detector")
-    if detector is None:
+    if detector is None and align is Align.auto:
         raise APIError(503, "model_unavailable", f"the face detector is not available: {services.model_errors.get('detector')}")
     return detector
 
 
 async def _embed_uploads(services: Services, settings: Settings, embedder: Embedder, uploads: list[UploadFile],
-                         align: Align, endpoint: str):
+                         align: Align | None, endpoint: str):
     datas = [await read_upload(u, settings.max_upload_bytes) for u in uploads]
     return await _embed_files(services, settings, embedder, [u.filename for u in uploads], datas, align, endpoint)
 
 
 async def _embed_files(services: Services, settings: Settings, embedder: Embedder, filenames: list[str | None],
-                       datas: list[bytes], align: Align, endpoint: str):
+                       datas: list[bytes], align: Align | None, endpoint: str):
     detector = _detector_for(services, align)
 
     def decode():
@@ -96,15 +98,20 @@ async def _embed_files(services: Services, settings: Settings, embedder: Embedde
     return prepared, vectors
 
 
+ALIGN_DESCRIPTION = ("none: the image is an aligned face crop; auto: detect and align the most prominent face; "
+                     "not given: none for an image shaped like an aligned 112x96 crop (any scale, width within 4 % "
+                     "or 1 px of height x 96/112), auto for anything else (a whole photo is never embedded as a face)")
 EMBED_DESCRIPTION = ("Upload one or several face images as `images` (up to LRFACE_MAX_EMBED_IMAGES); get one "
                      "L2-normalised embedding each. Faces of any resolution (down to 8 px high) share one space: "
-                     "compare them with a dot product. `align=auto` detects and aligns the most prominent face first.")
+                     "compare them with a dot product. `align=auto` detects and aligns the most prominent face first; "
+                     "without `align`, images that are not shaped like an aligned 112x96 crop are aligned that way too "
+                     "(`items[].align` says which; 422 `no_face` when there is no face to find).")
 
 
 async def embed(
     request: Request,
     images: Annotated[list[UploadFile], File(description="face images")],
-    align: Annotated[Align, Form()] = Align.none,
+    align: Annotated[Align | None, Form(description=ALIGN_DESCRIPTION)] = None,
 ) -> EmbedResponse:
     # (The shared objects straight from the app rather than through Depends: this is the hot path, and each
     # dependency costs FastAPI a resolution step per request.)
@@ -117,19 +124,20 @@ async def embed(
     return await _embed(services, embedder, [u.filename for u in images], datas, align)
 
 
-async def _embed(services: Services, embedder: Embedder, filenames: list[str | None], datas: list[bytes], align: Align):
+async def _embed(services: Services, embedder: Embedder, filenames: list[str | None], datas: list[bytes],
+                 align: Align | None):
     settings = services.settings
     prepared, vectors = await _embed_files(services, settings, embedder, filenames, datas, align, "embed")
     if np.isfinite(vectors).all():
         # The response model's fields, serialised directly (validating 128 floats per face costs more than the
         # rest of the request; the shape is fixed here and documented by response_model).
         items = [{"index": i, "filename": name or "", "width": int(face.shape[1]), "height": int(face.shape[0]),
-                  "face_box": {k: float(v) for k, v in box.items()} if box else None}
+                  "align": "auto" if box else "none", "face_box": {k: float(v) for k, v in box.items()} if box else None}
                  for i, (name, (face, box)) in enumerate(zip(filenames, prepared))]
         body = {"model_id": embedder.model_id, "dim": embedder.dim, "embeddings": vectors.tolist(), "items": items}
         return Response(orjson.dumps(body), media_type="application/json")
     items = [EmbedItem(index=i, filename=name or "", width=face.shape[1], height=face.shape[0],
-                       face_box=FaceBox(**box) if box else None)
+                       align=Align.auto if box else Align.none, face_box=FaceBox(**box) if box else None)
              for i, (name, (face, box)) in enumerate(zip(filenames, prepared))]
     return EmbedResponse(model_id=embedder.model_id, dim=embedder.dim, embeddings=vectors.tolist(), items=items)
 
@@ -162,7 +170,7 @@ async def _embed_fast(request: Request):
         return None  # (a file part without a name is not a file to FastAPI; 413 payload_too_large)
     if aligns and (aligns[0][0] is not None or aligns[0][1] not in (b"none", b"auto")):
         return None  # (422 validation_error)
-    align = Align(aligns[0][1].decode()) if aligns else Align.none
+    align = Align(aligns[0][1].decode()) if aligns else None
     embedder: Embedder = await loaded_model(services, "embedder", "face embedder")
     return await _embed(services, embedder, [name for name, _ in files], [value for _, value in files], align)
 
@@ -188,14 +196,16 @@ router.add_api_route("/embed", embed, methods=["POST"], response_model=EmbedResp
              description="Upload `image_a` and `image_b`. The answer compares the cosine similarity of their embeddings "
                          "with the embedder's `verify_threshold`, read from the model's JSON sidecar "
                          "(models/weights/embedder.json) and returned as `threshold`: `same_person` is "
-                         "`similarity >= threshold`. Works across resolutions (an enrolment photo against a CCTV crop).")
+                         "`similarity >= threshold`. Works across resolutions (an enrolment photo against a CCTV crop). "
+                         "`align` as for /v1/embed: without it, an image not shaped like an aligned 112x96 crop has its "
+                         "face detected and aligned.")
 async def verify(
     services: ServicesDep,
     settings: SettingsDep,
     embedder: Annotated[Embedder, Depends(get_embedder)],
     image_a: Annotated[UploadFile, File()],
     image_b: Annotated[UploadFile, File()],
-    align: Annotated[Align, Form()] = Align.none,
+    align: Annotated[Align | None, Form(description=ALIGN_DESCRIPTION)] = None,
 ) -> VerifyResponse:
     _, vectors = await _embed_uploads(services, settings, embedder, [image_a, image_b], align, "verify")
     similarity = float(np.clip(np.dot(vectors[0], vectors[1]), -1.0, 1.0))

@@ -101,7 +101,15 @@ def _validate(model: type[BaseModel], data) -> BaseModel:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
+# Errors about input_dir say which setting defines the root it is relative to (the server's path is not shown).
+_INPUT_DIR_ERRORS = ("invalid_path", "forbidden_path", "input_not_found")
+DATA_ROOT_HINT = ("input_dir is relative to the server's data root, set by LRFACE_DATA_ROOT "
+                  "(default: LRFACE_STATE_DIR/data, i.e. ~/.cache/lrface/data)")
+
+
 def _job_error(exc: JobInputError, settings=None) -> APIError:
+    if exc.error in _INPUT_DIR_ERRORS:
+        return APIError(exc.status_code, exc.error, f"{exc.message}; {DATA_ROOT_HINT}")
     headers = None
     if settings is not None and exc.status_code == 429:
         headers = {"Retry-After": str(settings.jobs_retry_after_s)}

@@ -43,6 +43,8 @@ class SynthesizeResponse(BaseModel):
     model_id: str
     seed: int = Field(description="the seed used (drawn at random when none was sent); send it back to reproduce")
     face_box: FaceBox | None = Field(description="the detected face (align=auto), else null")
+    face_image_base64: str | None = Field(None, description="with include_face=true: the face the variants were made "
+                                                            "from (the aligned 112x96 crop with align=auto), as PNG")
     variants: list[VariantOut]
 
 
@@ -98,6 +100,7 @@ async def synthesize(
     align: Annotated[Align, Form(description="none: aligned crop; auto: detect and align")] = Align.none,
     format: Annotated[ImageFormat, Form(description="encoding of the returned images")] = ImageFormat.png,
     canvas: Annotated[bool, Form(description="return 112x96 canvases instead of native LR sizes")] = False,
+    include_face: Annotated[bool, Form(description="also return the (aligned) input face as PNG")] = False,
 ) -> SynthesizeResponse:
     seed = random_seed() if seed is None else seed
     check_synthesis_params(settings, synth, variants=variants, seed=seed, height=height, min_height=min_height,
@@ -108,8 +111,12 @@ async def synthesize(
         raise APIError(503, "model_unavailable", f"the face detector is not available: {services.model_errors.get('detector')}")
     key = PurePath(image.filename or "image").name or "image"
 
+    face_png: list[str] = []
+
     def plan():
         face, box = prepare_face(data, image.filename, align, settings.max_image_pixels, detector)
+        if include_face:
+            face_png.append(encode(face, ImageFormat.png)[0])
         return box, synth.prepare([face], keys=[key], variants=variants, seed=seed, height=height,
                                   min_height=min_height, max_height=max_height, canvas=canvas)
 
@@ -129,7 +136,7 @@ async def synthesize(
         # Micro-batching: the model rows wait in the batcher's queue, holding neither a thread nor a compute slot;
         # decoding, drawing the rows' randomness and encoding run on the loop when tiny, else in the pool under
         # the compute gate.
-        inline = variants <= INLINE_VARIANTS and not canvas
+        inline = variants <= INLINE_VARIANTS and not canvas and not include_face
         if inline and small_enough_inline([data], align):
             box, p = plan()
         else:
@@ -147,6 +154,7 @@ async def synthesize(
         model_id=synth.model_id,
         seed=seed,
         face_box=FaceBox(**box) if box else None,
+        face_image_base64=face_png[0] if face_png else None,
         variants=[VariantOut(k=v.k, seed=v.seed, height=v.height, width=v.width, image_base64=b64, media_type=media)
                   for v, b64, media in encoded],
     )
