@@ -138,6 +138,21 @@ def build(hr_dir: str, unlabeled_dir: str | None, synth_dirs: list[str], out: Pa
     return meta
 
 
+def add_real(real_dir: str, out: Path) -> dict:
+    """Add real LR captures with identities (lr-train) to a bundle: `real_lr.npy` (canvas), `real_labels.npy`,
+    `teacher_real.npy`, and `real_identities` in meta.json. They are the target domain itself: Model_LR learns to
+    tell their people apart (a margin loss), next to the MR-GAN pairs that tie it to the teacher's HR space."""
+    folder = load_face_folder(real_dir)
+    np.save(out / "real_lr.npy", folder.images)
+    np.save(out / "real_labels.npy", folder.labels.astype(np.int64))
+    np.save(out / "teacher_real.npy", embed_teacher(DlibFaceModel.from_dat(), folder.images, desc="real"))
+    meta = json.loads((out / "meta.json").read_text())
+    meta.update({"real_identities": folder.identities, "real": str(real_dir)})
+    (out / "meta.json").write_text(json.dumps(meta))
+    print(f"adapt-data: {len(folder)} real LR captures of {len(folder.identities)} identities added", flush=True)
+    return meta
+
+
 def load(out: str | Path) -> dict:
     """The bundle as a dict of (memory-mapped) arrays plus `meta`."""
     out = Path(out)
@@ -153,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hr", required=True, help="aligned HR faces, folder per identity")
     p.add_argument("--unlabeled", help="aligned HR faces without identities (flat folder + images.csv)")
     p.add_argument("--synth", action="append", default=[], help="lrface augment output(s) of the sources (repeat)")
+    p.add_argument("--real-lr", help="real LR captures, folder per identity (lr-train): added to the bundle")
     p.add_argument("--out", required=True)
     p.add_argument("--max-fill", type=float, default=0.4, help="leave out unlabeled faces filled beyond this share")
     p.add_argument("--seed", type=int, default=0)
@@ -160,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    build(args.hr, args.unlabeled, args.synth, Path(args.out), max_fill=args.max_fill, seed=args.seed,
-          threads=args.threads)
+    if not (Path(args.out) / "meta.json").exists():
+        build(args.hr, args.unlabeled, args.synth, Path(args.out), max_fill=args.max_fill, seed=args.seed,
+              threads=args.threads)
+    if args.real_lr:
+        add_real(args.real_lr, Path(args.out))
     return 0
 
 

@@ -55,7 +55,7 @@ from training.losses import MarginHead, margin_loss
 from training.train_embedder import export_embedding_module
 
 DIM = 128
-METRIC_FIELDS = ["step", "time", "lr", "loss", "feat", "contrast", "feat_lr", "cos_lr", "cls", "acc", "adv", "loss_d",
+METRIC_FIELDS = ["step", "time", "lr", "loss", "feat", "contrast", "real_cls", "feat_lr", "cos_lr", "cls", "acc", "adv", "loss_d",
                  "w_hr", "w_lr", "images_per_s"]
 
 
@@ -246,6 +246,22 @@ def main(argv: list[str] | None = None) -> int:
         feats = F.normalize(torch.from_numpy(np.asarray(t_hr[labelled])) - gate.center, dim=1)
         centres = torch.zeros(len(identities), DIM).index_add_(0, torch.from_numpy(labels_all[labelled]), feats)
         head.weight.copy_(F.normalize(centres, dim=1))
+    real = None
+    if cfg.real_per_batch > 0:
+        if "real_lr" not in data:
+            raise SystemExit(f"train-adapt: config {cfg.name} trains on real LR captures; add them to the bundle: "
+                             "python -m training.adapt_data --real-lr ../shared/data/lr-train --out DATA")
+        real_labels = np.asarray(data["real_labels"])
+        real_ids = data["meta"]["real_identities"]
+        real_head = MarginHead(len(real_ids), DIM, cfg.margin, cfg.scale, cfg.margin_m)
+        with torch.no_grad():  # class centres at the teacher's (centred) mean feature of each real identity
+            feats = F.normalize(torch.from_numpy(np.asarray(data["teacher_real"])) - gate.center, dim=1)
+            centres = torch.zeros(len(real_ids), DIM).index_add_(0, torch.from_numpy(real_labels), feats)
+            real_head.weight.copy_(F.normalize(centres, dim=1))
+        real = {"images": data["real_lr"], "labels": real_labels, "head": real_head}
+        head = torch.nn.ModuleDict({"hr": head, "real": real_head})
+    else:
+        head = torch.nn.ModuleDict({"hr": head})
     optimizer = torch.optim.AdamW([
         {"params": list(lr_branch.parameters()) + list(gate.translator.parameters()), "lr_scale": 1.0},
         {"params": list(head.parameters()), "lr_scale": cfg.head_lr / cfg.lr},
@@ -349,8 +365,15 @@ def main(argv: list[str] | None = None) -> int:
                 same[torch.arange(len(pos)), pos] = False
                 contrast = F.cross_entropy(logits.masked_fill(same, float("-inf")), pos)
                 loss = loss + cfg.contrast_weight * contrast
+            real_cls = torch.zeros((), device=device)
+            if real is not None:  # real captures: tell their people apart (the target domain itself)
+                ridx = np.sort(torch.randint(len(real["labels"]), (cfg.real_per_batch,), generator=rng).numpy())
+                xr = tensor(real["images"][ridx]).permute(0, 3, 1, 2).float() / 127.5 - 1
+                fr = lr_branch(xr) - gate.center
+                real_cls, _ = margin_loss(real["head"], fr, tensor(real["labels"][ridx]))
+                loss = loss + cfg.real_weight * real_cls
             has_id = y >= 0
-            cls, acc = (margin_loss(head, centred[has_id], y[has_id]) if bool(has_id.any())
+            cls, acc = (margin_loss(head["hr"], centred[has_id], y[has_id]) if bool(has_id.any())
                         else (torch.zeros((), device=device), torch.zeros((), device=device)))
             loss = loss + cfg.cls_weight * cls
             adv = torch.zeros((), device=device)
@@ -377,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             step += 1
 
             elapsed = time.time() - start
-            tensors = {"loss": loss, "feat": feat, "contrast": contrast, "feat_lr": dist2[n_hr:].mean(), "cos_lr": cos[n_hr:].mean(),
+            tensors = {"loss": loss, "feat": feat, "contrast": contrast, "real_cls": real_cls, "feat_lr": dist2[n_hr:].mean(), "cos_lr": cos[n_hr:].mean(),
                        "cls": cls, "acc": acc, "adv": adv, "loss_d": loss_d}
             if w is not None:
                 tensors.update({"w_lr": w[n_hr:].mean(), **({"w_hr": w[:n_hr].mean()} if n_hr else {})})
@@ -387,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 last = metrics.flush()
                 progress.report(f"step {step}/{cfg.steps} loss {last['loss']:.4f} feat_lr {last['feat_lr']:.4f} "
-                                f"contrast {last['contrast']:.3f} "
+                                f"contrast {last['contrast']:.3f} real {last['real_cls']:.3f} "
                                 f"cls {last['cls']:.3f} acc {last['acc']:.3f} "
                                 + (f"W_hr {last.get('w_hr', float('nan')):.3f} W_lr {last['w_lr']:.3f} "
                                    if cfg.gate else "")

@@ -1,5 +1,6 @@
 """Teacher-based adaption (training.train_adapt), the full model: Model_HR = dlib's ResNet through the chip warp,
-frozen; Model_LR = a copy of it fine-tuned on MR-GAN LR faces of hr-train + unlabeled-hr; translation gate
+frozen; Model_LR = a copy of it fine-tuned on MR-GAN LR faces of hr-train + unlabeled-hr (and
+real lr-train captures with their identities); translation gate
 f = (1 - W) f_HR + W T(f_LR), W = sigmoid(D_LR(f_HR - c)) (train_adapt.CentredGate). Losses: feature supervision (squared Euclidean distance to the teacher's
 embedding of the LR face's HR source) on every update, CosFace margin loss where identities exist, adversarial D_LR.
 Experiments (the card's ablation table) override a few fields in their own config files."""
@@ -22,13 +23,17 @@ class AdaptConfig:
     # the LR face's own source being the right answer (squared distances alone pull LR features to the mean)
     contrast_weight: float = 1.0
     contrast_scale: float = 20.0
+    # real LR captures with identities (lr-train, the target domain): a margin loss on Model_LR's (centred)
+    # features of `real_per_batch` of them per update (0 = none; the bundle needs --real-lr)
+    real_per_batch: int = 8
+    real_weight: float = 0.5
     cls_weight: float = 0.02  # CosFace on labelled faces (class centres start at the teacher's identity means);
     # 0.1 held the feature loss back in 160-update trials on the training data (train-side loss, not dev)
     margin: str = "cosface"
     scale: float = 32.0
     margin_m: float = 0.35
     adv_weight: float = 0.02  # f(LR face) should look "HR" to D_LR
-    d_fused_weight: float = 0.1  # share of D_LR's "LR" examples that are fused LR features (the rest: teacher
+    d_fused_weight: float = 0.05  # share of D_LR's "LR" examples that are fused LR features (the rest: teacher
     # features of LR faces); D_LR is also the gate, so a strong adversarial game blurs W on HR faces
     # gate
     output_center: float = 1.0  # exported embedding: feature - output_center x the teacher's mean descriptor
@@ -37,7 +42,7 @@ class AdaptConfig:
     discriminator_hidden: int = 256
     # optimisation: AdamW on Model_LR and the translator (small steps), the margin head faster
     batch_size: int = 32  # faces through Model_LR per update
-    steps: int = 1200
+    steps: int = 1000
     lr: float = 1e-4
     head_lr: float = 1e-3
     d_lr: float = 2e-4
