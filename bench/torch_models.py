@@ -98,6 +98,10 @@ def _adapt_embedder_from_model_id(model_id: str) -> nn.Module | None:
 
     if model_id == "dlib_resnet_v1-chipwarp":
         return _embedding(DlibFaceModel())
+    if model_id == "dlib_resnet_v1-chipwarp-centred":
+        from training.train_adapt import Centred
+
+        return _embedding(Centred(DlibFaceModel()))
     m = re.fullmatch(r"(adapt_[a-z0-9_]+?)-dlib_resnet-step\d+", model_id)
     if m is None:
         return None

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from conftest import HR_DIR  # noqa: E402
+from conftest import HR_DIR, LR_DIR  # noqa: E402
 from training import adapt_data, train_adapt  # noqa: E402
 from training.common import load_checkpoint  # noqa: E402
 
@@ -37,6 +37,7 @@ def bundle(tmp_path_factory, mrgan_path):
                              "--model", str(mrgan_path)]) == 0
     meta = adapt_data.build(str(HR_DIR), str(unlabeled), [str(root / "synth-hr"), str(root / "synth-unl")],
                             root / "data", threads=1)
+    meta = adapt_data.add_real(str(LR_DIR), root / "data")  # the fixtures' real LR captures, with identities
     return root, meta
 
 
@@ -44,6 +45,7 @@ def test_bundle_holds_every_lr_kind_at_matched_heights_and_teacher_features(bund
     root, meta = bundle
     data = adapt_data.load(root / "data")
     assert meta["sources"] == 7 and meta["labelled"] == 6  # one unlabeled face was mostly fill
+    assert data["real_lr"].shape == (6, 112, 96, 3) and len(meta["real_identities"]) == 3
     assert list(data["labels"][-1:]) == [-1]
     for kind in adapt_data.LR_KINDS:
         assert data[f"lr_{kind}"].shape == (7, 112, 96, 3)
@@ -104,3 +106,18 @@ def test_teacher_export_is_dlib_through_the_warp(tmp_path):
     path = tmp_path / "dlib.onnx"
     train_adapt.export_teacher(path)
     assert json.loads(path.with_suffix(".json").read_text())["model_id"] == "dlib_resnet_v1-chipwarp"
+
+
+def test_centred_teacher_export_and_its_twin(bundle, tmp_path):
+    root, _ = bundle
+    path = tmp_path / "dlib_centred.onnx"
+    assert train_adapt.main(["--export-teacher", str(path), "--data", str(root / "data")]) == 0
+    assert json.loads(path.with_suffix(".json").read_text())["model_id"] == "dlib_resnet_v1-chipwarp-centred"
+    from bench.torch_models import load_eager
+
+    twin, how = load_eager(path, None, "embedder")
+    assert twin is not None, how
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 112, 96)).astype(np.float32)
+    (emb,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"face": x})
+    with torch.inference_mode():
+        np.testing.assert_allclose(twin(torch.from_numpy(x)).numpy(), emb, atol=1e-5)

@@ -145,9 +145,15 @@ def export_onnx(ckpt: dict, out_path) -> Path:
     return export_embedding_module(net, DIM, out_path, model_id, cfg.verify_threshold)
 
 
-def export_teacher(out_path) -> Path:
-    """dlib's ResNet through the chip warp, as an embedder (the comparison row)."""
-    return export_embedding_module(DlibFaceModel.from_dat(), DIM, out_path, "dlib_resnet_v1-chipwarp", 0.5)
+def export_teacher(out_path, center: np.ndarray | None = None) -> Path:
+    """dlib's ResNet through the chip warp, as an embedder (the comparison rows): its own descriptor, or with
+    `center` (the teacher's mean descriptor over the training sources) subtracted, like the adapted models."""
+    if center is None:
+        return export_embedding_module(DlibFaceModel.from_dat(), DIM, out_path, "dlib_resnet_v1-chipwarp", 0.5)
+    net = Centred(DlibFaceModel.from_dat())
+    with torch.no_grad():
+        net.center.copy_(torch.from_numpy(np.array(center, np.float32)))
+    return export_embedding_module(net.eval(), DIM, out_path, "dlib_resnet_v1-chipwarp-centred", 0.5)
 
 
 def warm_up_discriminator(gate: CentredGate, pool: np.ndarray, t_hr, t_lr, cfg: AdaptConfig, device) -> None:
@@ -203,7 +209,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
-    p.add_argument("--export-teacher", metavar="OUT.onnx", help="only export dlib's ResNet (+ warp) as an embedder")
+    p.add_argument("--export-teacher", metavar="OUT.onnx", help="only export dlib's ResNet (+ warp) as an embedder; "
+                   "with --data, centred on the bundle's mean teacher descriptor")
     args = p.parse_args(argv)
     if not args.export_teacher and not (args.data and args.out):
         p.error("--data and --out are required (or --export-teacher OUT.onnx)")
@@ -215,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.export_teacher:
-        print(f"train-adapt: wrote {export_teacher(args.export_teacher)}")
+        center = None
+        if args.data:  # centred on the bundle's mean teacher descriptor (the sources the adapted models use)
+            center = np.asarray(load_bundle(args.data)["teacher_hr"]).mean(0)
+        print(f"train-adapt: wrote {export_teacher(args.export_teacher, center)}")
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
     head = MarginHead(len(identities), DIM, cfg.margin, cfg.scale, cfg.margin_m)
     with torch.no_grad():  # class centres at the teacher's mean (centred, unit) feature of each identity
-        gate.center.copy_(torch.from_numpy(np.asarray(t_hr[pool]).mean(0)))
+        gate.center.copy_(torch.from_numpy(np.array(t_hr[pool]).mean(0)))
         labelled = np.flatnonzero(labels_all >= 0)
-        feats = F.normalize(torch.from_numpy(np.asarray(t_hr[labelled])) - gate.center, dim=1)
+        feats = F.normalize(torch.from_numpy(np.array(t_hr[labelled])) - gate.center, dim=1)
         centres = torch.zeros(len(identities), DIM).index_add_(0, torch.from_numpy(labels_all[labelled]), feats)
         head.weight.copy_(F.normalize(centres, dim=1))
     real = None
@@ -255,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         real_ids = data["meta"]["real_identities"]
         real_head = MarginHead(len(real_ids), DIM, cfg.margin, cfg.scale, cfg.margin_m)
         with torch.no_grad():  # class centres at the teacher's (centred) mean feature of each real identity
-            feats = F.normalize(torch.from_numpy(np.asarray(data["teacher_real"])) - gate.center, dim=1)
+            feats = F.normalize(torch.from_numpy(np.array(data["teacher_real"])) - gate.center, dim=1)
             centres = torch.zeros(len(real_ids), DIM).index_add_(0, torch.from_numpy(real_labels), feats)
             real_head.weight.copy_(F.normalize(centres, dim=1))
         real = {"images": data["real_lr"], "labels": real_labels, "head": real_head}
@@ -313,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     zeros, ones = torch.zeros(batch, 1, device=device), torch.ones(batch, 1, device=device)
     # the teacher's (centred, unit) features of every source in the pool: the classes of the contrastive
     # feature supervision, and the source's position in it
-    bank = F.normalize(torch.from_numpy(np.asarray(t_hr[pool])).to(device) - gate.center, dim=1)
+    bank = F.normalize(torch.from_numpy(np.array(t_hr[pool])).to(device) - gate.center, dim=1)
     bank_labels = torch.from_numpy(labels_all[pool]).to(device)
     position = np.full(len(labels_all), -1, np.int64)
     position[pool] = np.arange(len(pool))
