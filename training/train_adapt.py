@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # data: every array stays memory-mapped; a batch is gathered by index
     data = load_bundle(args.data)
-    labels_all = np.asarray(data["labels"])
+    labels_all = np.array(data["labels"])
     pool = np.arange(len(labels_all)) if cfg.use_unlabeled else np.flatnonzero(labels_all >= 0)
     identities = data["meta"]["identities"]
     hr_images, lr_images = data["hr"], data[f"lr_{cfg.lr_kind}"]
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if "real_lr" not in data:
             raise SystemExit(f"train-adapt: config {cfg.name} trains on real LR captures; add them to the bundle: "
                              "python -m training.adapt_data --real-lr ../shared/data/lr-train --out DATA")
-        real_labels = np.asarray(data["real_labels"])
+        real_labels = np.array(data["real_labels"])
         real_ids = data["meta"]["real_identities"]
         real_head = MarginHead(len(real_ids), DIM, cfg.margin, cfg.scale, cfg.margin_m)
         with torch.no_grad():  # class centres at the teacher's (centred) mean feature of each real identity
