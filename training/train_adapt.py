@@ -20,7 +20,8 @@ version (`lr_kind`). Losses on the fused feature f:
 - probabilistic supervision: CosFace on faces with an identity (unlabeled-hr faces have none), on features minus
   the teacher's mean descriptor (`center`), class centres starting at the teacher's mean per identity;
 - adversarial: f of an LR face should look "HR" to D_LR, which is updated on its own on teacher features of HR
-  faces (0), of LR faces (1) and on fused LR features (1), all centred; before the first update D_LR is warmed
+  faces (0), of LR faces (1) and on fused LR features (1), all centred, plus (`gate_task_weight`) the gradient
+  of the feature and margin losses through W, so the gate also learns how much of Model_LR each face needs; before the first update D_LR is warmed
   up alone on the cached teacher features (`d_warmup_steps`), so W is small on HR faces from the start.
 With `gate = False` the embedding is f_LR alone (the "Model_LR trained on X" rows of the ablation table).
 Only Model_LR runs forward and backward: the teacher's work is all in the cache. One budget for every
@@ -353,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             f_lr = lr_branch(x)
             if cfg.gate:
                 f_hr = tensor(np.concatenate([t_hr[idx[:n_hr]], t_lr[idx[n_hr:]]]))
-                gate.discriminator.requires_grad_(False)
+                # D_LR's parameters take part in the forward pass only when the task losses also train the gate
+                gate.discriminator.requires_grad_(cfg.gate_task_weight > 0)
                 parts = gate(f_hr, f_lr)
                 fused, w = parts["fused"], parts["w"]
             else:
@@ -386,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             cls, acc = (margin_loss(head["hr"], centred[has_id], y[has_id]) if bool(has_id.any())
                         else (torch.zeros((), device=device), torch.zeros((), device=device)))
             loss = loss + cfg.cls_weight * cls
+            d_task = None
+            if cfg.gate and cfg.gate_task_weight > 0:  # what the task losses ask of W (through D_LR's weights)
+                d_params = list(gate.discriminator.parameters())
+                d_task = torch.autograd.grad(loss, d_params, retain_graph=True, allow_unused=True)
             adv = torch.zeros((), device=device)
             if cfg.gate and cfg.adv_weight > 0:
                 adv = F.binary_cross_entropy_with_logits(gate.discriminator(centred[n_hr:]), zeros[n_hr:])
@@ -406,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
                           + cfg.d_fused_weight * F.binary_cross_entropy_with_logits(logits[2 * m:], ones[:m]))
                 d_optimizer.zero_grad(set_to_none=True)
                 loss_d.backward()
+                if d_task is not None:
+                    for p, g in zip(d_params, d_task):
+                        if g is not None:
+                            p.grad.add_(g, alpha=cfg.gate_task_weight)
                 d_optimizer.step()
             step += 1
 

@@ -36,6 +36,8 @@ class AdaptConfig:
     d_fused_weight: float = 0.05  # share of D_LR's "LR" examples that are fused LR features (the rest: teacher
     # features of LR faces); D_LR is also the gate, so a strong adversarial game blurs W on HR faces
     # gate
+    gate_task_weight: float = 1.0  # D_LR (hence W) also follows the feature / margin losses' gradient; 0 = only
+    # its own discriminator loss (the W of an HR face then stays ~0.07 and costs HR-HR matching)
     output_center: float = 1.0  # exported embedding: feature - output_center x the teacher's mean descriptor
     translator_hidden: int = 256
     translator_scale: float = 0.1  # the translator's output in dlib's units (one entry of a descriptor spreads ~0.1)
