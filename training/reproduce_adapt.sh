@@ -5,31 +5,33 @@
 #   training/reproduce_adapt.sh STAGE [STAGE...]     stages, in order: synth data train ablations export eval
 #
 #   synth      LR faces of hr-train and unlabeled-hr with the shipped MR-GAN (lrface augment, 1 variant, seed 0)
-#   data       the training bundle: HR sources, their MR-GAN / bicubic / hand-made LR versions, and the frozen
-#              teacher's embeddings of all of them (python -m training.adapt_data)
+#   data       the training bundle: HR sources, their MR-GAN / bicubic / hand-made LR versions, the real LR captures
+#              of lr-train with their identities, and the frozen teacher's embeddings of all of them
+#              (python -m training.adapt_data)
 #   train      the full model (config adapt_full)
-#   ablations  the other rows, same budget (STEPS x 32 faces through Model_LR), two runs at a time
+#   ablations  the other rows, same budget (STEPS updates of 32 sources + 8 real captures), two runs at a time
 #   export     every run -> $RUNS/onnx/<config>.onnx, plus dlib alone through the chip warp ($RUNS/onnx/dlib.onnx)
 #   eval       lrface eval of every ONNX file on the dev split -> $RUNS/eval/metrics_<name>.json
 #
 # Environment (defaults in brackets): HR [../shared/data/hr-train]  UNLABELED [../shared/data/unlabeled-hr]
-#   DEV [../shared/data/dev]  RUNS [runs]  STEPS [1500]  THREADS [1 per run; two runs share a 2-core CPU]
+#   REAL_LR [../shared/data/lr-train]  DEV [../shared/data/dev]  RUNS [runs]  STEPS [1000]  THREADS [1 per run; two runs share a 2-core CPU]
 #   DEVICE [cpu]  MRGAN_ONNX [models/weights/mrgan.onnx]
 # On a GPU: DEVICE=cuda (the runs then go one after the other), and raise STEPS for a longer run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HR=${HR:-../shared/data/hr-train}
 UNLABELED=${UNLABELED:-../shared/data/unlabeled-hr}
+REAL_LR=${REAL_LR:-../shared/data/lr-train}
 DEV=${DEV:-../shared/data/dev}
 RUNS=${RUNS:-runs}
-STEPS=${STEPS:-1500}
+STEPS=${STEPS:-1000}
 THREADS=${THREADS:-1}
 DEVICE=${DEVICE:-cpu}
 MRGAN_ONNX=${MRGAN_ONNX:-models/weights/mrgan.onnx}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RUNS/logs" "$RUNS/onnx" "$RUNS/eval"
-ABLATIONS="adapt_lr_mrgan adapt_lr_bicubic adapt_lr_handmade adapt_no_feature adapt_no_unlabeled"
+ABLATIONS="adapt_lr_mrgan adapt_lr_bicubic adapt_lr_handmade adapt_no_feature adapt_no_unlabeled adapt_no_real"
 
 train() {  # $1 = config
   $PY -m training.train_adapt --config "$1" --data "$RUNS/adapt-data" --out "$RUNS/$1" --steps "$STEPS" \
@@ -43,7 +45,7 @@ for stage in "$@"; do
       $PY -m service.cli augment "$UNLABELED" "$RUNS/synth-unlabeled-hr" --variants 1 --seed 0 --model "$MRGAN_ONNX" ;;
     data)
       $PY -m training.adapt_data --hr "$HR" --unlabeled "$UNLABELED" --synth "$RUNS/synth-hr-train" \
-        --synth "$RUNS/synth-unlabeled-hr" --out "$RUNS/adapt-data" ;;
+        --synth "$RUNS/synth-unlabeled-hr" --real-lr "$REAL_LR" --out "$RUNS/adapt-data" ;;
     train)
       train adapt_full ;;
     ablations)
@@ -56,6 +58,7 @@ for stage in "$@"; do
       done ;;
     export)
       $PY -m training.train_adapt --export-teacher "$RUNS/onnx/dlib.onnx"
+      $PY -m training.train_adapt --export-teacher "$RUNS/onnx/dlib_centred.onnx" --data "$RUNS/adapt-data"
       for c in adapt_full $ABLATIONS; do
         [ -f "$RUNS/$c/last.pt" ] && $PY -m training.export "$RUNS/$c/last.pt" "$RUNS/onnx/$c.onnx"
       done ;;
