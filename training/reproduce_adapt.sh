@@ -63,7 +63,7 @@ for stage in "$@"; do
         [ -f "$RUNS/$c/last.pt" ] && $PY -m training.export "$RUNS/$c/last.pt" "$RUNS/onnx/$c.onnx"
       done ;;
     eval)
-      for f in "$RUNS"/onnx/dlib.onnx "$RUNS"/onnx/adapt_*.onnx; do
+      for f in "$RUNS"/onnx/dlib.onnx "$RUNS"/onnx/dlib_centred.onnx "$RUNS"/onnx/adapt_*.onnx; do
         [ -f "$f" ] && $PY -m service.cli eval --data "$DEV" --model "$f" --out "$RUNS/eval" --name "$(basename "$f" .onnx)"
       done ;;
     *) echo "unknown stage $stage (synth data train ablations export eval)" >&2; exit 2 ;;
