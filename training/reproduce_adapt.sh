@@ -31,7 +31,7 @@ MRGAN_ONNX=${MRGAN_ONNX:-models/weights/mrgan.onnx}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RUNS/logs" "$RUNS/onnx" "$RUNS/eval"
-ABLATIONS="adapt_lr_mrgan adapt_lr_bicubic adapt_lr_handmade adapt_no_feature adapt_no_unlabeled adapt_no_real"
+ABLATIONS="adapt_lr_mrgan adapt_lr_bicubic adapt_lr_handmade adapt_no_feature adapt_no_unlabeled adapt_no_real adapt_full_handmade"
 
 train() {  # $1 = config
   $PY -m training.train_adapt --config "$1" --data "$RUNS/adapt-data" --out "$RUNS/$1" --steps "$STEPS" \
