@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import stat
 import sys
 import threading
@@ -28,11 +29,14 @@ import numpy as np
 from tqdm import tqdm
 
 from models.face import MIN_INPUT_HEIGHT, ImageDecodeError, decode_image, encode_png, lr_width_for_height
+from service import recordio
 from service.inference import MAX_HEIGHT, MIN_HEIGHT, Embedder, ModelNotFoundError, Synthesizer, execution_providers
 from training.data import IMAGE_EXTENSIONS
 
 MANIFEST_NAME = "manifest.jsonl"
 ERRORS_NAME = "errors.jsonl"
+EMBEDDINGS_NAME = "embeddings.npz"
+REC_NAME = "train.rec"
 
 
 # -- folders and files -----------------------------------------------------------------------------------------
@@ -99,9 +103,44 @@ def read_face(path: str | os.PathLike) -> np.ndarray:
 
 
 def _failure(rel_path: str, exc: Exception) -> dict:
-    if isinstance(exc, ImageDecodeError):
+    if isinstance(exc, (ImageDecodeError, recordio.RecordError)):
         return {"source": rel_path, "status": "failed", "reason": exc.reason, "message": exc.message}
     return {"source": rel_path, "status": "failed", "reason": "unreadable", "message": str(exc)}
+
+
+# -- where faces come from: a folder of images or a RecordIO dataset -------------------------------------------
+
+READ_ERRORS = (ImageDecodeError, recordio.RecordError, OSError)
+
+
+class FolderFaces:
+    """Faces named by their path relative to a folder."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def read(self, name: str) -> np.ndarray:
+        return read_face(self.root / name)
+
+
+class RecordFaces:
+    """Faces named `<label>/<record id>` in a RecordIO dataset."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.dataset = recordio.open_dataset(path)
+
+    def read(self, name: str) -> np.ndarray:
+        rgb = decode_image(self.dataset.read_image(name))
+        if rgb.shape[0] < MIN_INPUT_HEIGHT:
+            raise ImageDecodeError("too_small", f"image is {rgb.shape[0]} px high; at least {MIN_INPUT_HEIGHT} px are needed")
+        return rgb
+
+
+def face_source(source: str | os.PathLike | FolderFaces | RecordFaces) -> FolderFaces | RecordFaces:
+    """The faces of a job or command input: a folder, or a `.rec` file (its `.idx` beside it, when there is one)."""
+    if isinstance(source, (FolderFaces, RecordFaces)):
+        return source
+    return RecordFaces(source) if recordio.is_recordio(source) else FolderFaces(source)
 
 
 # -- bulk augmentation -----------------------------------------------------------------------------------------
@@ -113,7 +152,14 @@ def plan_sources(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     An output_dir inside input_dir is not walked. Two sources whose outputs would share a name (`a.jpg` and
     `a.png` in one folder) cannot both be written: the first in sorted order is kept, each other one is left
     out and, when `errors` is given, appended to it as a failure (reason "name_collision").
+    A `.rec` input gives its image records' names (`<label>/<record id>`, in record id order); records that
+    cannot be read are failures.
     """
+    if recordio.is_recordio(input_dir):
+        names, failures = recordio.open_dataset(input_dir).names()
+        if errors is not None:
+            errors += failures
+        return names
     paths = find_images(input_dir, exclude=output_dir)
     kept, owner = [], {}
     for rel in paths:
@@ -140,7 +186,7 @@ def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir
     Unreadable sources are failures, never exceptions. Invalid arguments raise ValueError before any work.
     `progress(n)` is called as sources finish (for a progress bar or a task's state).
     """
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    faces_in, output_dir = face_source(input_dir), Path(output_dir)
     if isinstance(variants, bool) or not isinstance(variants, int) or variants < 1:
         raise ValueError(f"variants must be an integer >= 1, not {variants!r}")
     synth.variant_params("", seed, 0, height, min_height, max_height)  # raises on invalid height arguments
@@ -159,9 +205,9 @@ def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir
         faces, keys = [], []
         for rel in pending[start:start + per_call]:
             try:
-                faces.append(read_face(input_dir / rel))
+                faces.append(faces_in.read(rel))
                 keys.append(rel)
-            except (ImageDecodeError, OSError) as exc:
+            except READ_ERRORS as exc:
                 results[rel] = _failure(rel, exc)
                 if progress:
                     progress(1)
@@ -223,6 +269,71 @@ def write_errors(output_dir: str | os.PathLike, failures: list[dict]) -> None:
     rows = [{"source": f["source"], "reason": f.get("reason", "unreadable"), "message": f.get("message", "")}
             for f in sorted(failures, key=lambda f: f["source"])]
     _write_jsonl(path, rows)
+
+
+# -- embeddings ----------------------------------------------------------------------------------------------
+
+def embed_sources(embedder: Embedder, source, rel_paths: list[str], batch_size: int, *,
+                  progress: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray, list[dict]]:
+    """(paths embedded, N x D float32 embeddings in that order, failures) of the faces `rel_paths` of `source`
+    (a folder or a .rec), `batch_size` faces per model call. Unreadable faces are failures, never exceptions."""
+    faces_in = face_source(source)
+    paths: list[str] = []
+    blocks: list[np.ndarray] = []
+    failures: list[dict] = []
+    for start in range(0, len(rel_paths), batch_size):
+        batch = rel_paths[start:start + batch_size]
+        faces = []
+        for rel in batch:
+            try:
+                faces.append(faces_in.read(rel))
+                paths.append(rel)
+            except READ_ERRORS as exc:
+                failures.append(_failure(rel, exc))
+        if faces:
+            blocks.append(embedder.embed(faces))
+        if progress:
+            progress(len(batch))
+    embeddings = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
+    return paths, embeddings.astype(np.float32, copy=False), failures
+
+
+def embeddings_npz_bytes(paths: list[str], embeddings: np.ndarray) -> bytes:
+    """The .npz `lrface embed` writes: `paths` (str array) and `embeddings` (float32)."""
+    buf = io.BytesIO()
+    np.savez(buf, paths=np.array(paths, dtype=np.str_), embeddings=np.asarray(embeddings, dtype=np.float32))
+    return buf.getvalue()
+
+
+# -- RecordIO output ---------------------------------------------------------------------------------------------
+
+def source_label(rel: str, labels: dict[str, int]) -> int:
+    """The identity label of a source: a record's own label (`<label>/<id>`), else the index of its top folder."""
+    if recordio.is_record_name(rel):
+        return recordio.parse_record_name(rel)[0]
+    return labels[rel.split("/", 1)[0] if "/" in rel else ""]
+
+
+def write_record_dataset(staging: Path, output_dir: Path, rel_paths: list[str], manifest: list[dict]) -> int:
+    """Pack the variants in `staging` (as listed by `manifest`, rows of `manifest_rows`) into
+    OUTPUT_DIR/train.rec + train.idx in insightface's layout, with the source's label; rewrite the manifest with
+    each variant's record id. Returns the number of image records."""
+    folders = sorted({rel.split("/", 1)[0] if "/" in rel else "" for rel in rel_paths})
+    labels = {name: i for i, name in enumerate(folders)}
+    rows = sorted(manifest, key=lambda r: (source_label(r["source"], labels), r["source"], r["k"]))
+    for record_id, row in enumerate(rows, 1):
+        row["label"] = source_label(row["source"], labels)
+        row["record"] = record_id
+
+    def images():
+        for row in rows:
+            yield row["label"], (staging / row["output"]).read_bytes()
+
+    recordio.write_insightface(output_dir / REC_NAME, images())
+    for row in rows:
+        row["output"] = REC_NAME
+    _write_jsonl(output_dir / MANIFEST_NAME, rows)
+    return len(rows)
 
 
 # -- command line ----------------------------------------------------------------------------------------------
@@ -297,23 +408,35 @@ def main_augment(argv: list[str] | None = None) -> int:
     p = _Parser(prog="lrface augment", description="Write K realistic LR variants of every face under INPUT_DIR "
                 "to OUTPUT_DIR/<relative path without extension>_<k>.png, plus OUTPUT_DIR/manifest.jsonl. "
                 "Resumable: faces whose K outputs exist are skipped.")
-    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of aligned HR faces (walked recursively)")
+    p.add_argument("input_dir", metavar="INPUT", help="folder of aligned HR faces (walked recursively), or a RecordIO "
+                   "DATA.rec (its DATA.idx beside it): records are named <label>/<record id>")
     p.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the variants go (may be inside INPUT_DIR; it is not walked)")
+    p.add_argument("--out-format", choices=("png", "rec"), default="png",
+                   help="png (default): one file per variant; rec: OUTPUT_DIR/train.rec + train.idx (insightface's "
+                   "layout, the source's label kept) and the manifest")
     _add_synthesis_args(p)
     args = p.parse_args(argv)
 
     def body() -> int:
         input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
-        if not input_dir.is_dir():
-            raise _UsageError(f"input folder {input_dir} does not exist or is not a folder")
+        is_rec = recordio.is_recordio(input_dir)
+        if not input_dir.is_dir() and not is_rec:
+            raise _UsageError(f"input {input_dir} is neither a folder nor a .rec file")
         if output_dir.resolve() == input_dir.resolve():
             raise _UsageError("OUTPUT_DIR must differ from INPUT_DIR")
         failures: list[dict] = []
-        sources = plan_sources(input_dir, output_dir, errors=failures)
+        try:
+            sources = plan_sources(input_dir, output_dir, errors=failures)
+        except (OSError, ValueError) as exc:
+            raise _UsageError(f"cannot read {input_dir}: {exc}") from None
         if not sources and not failures:
-            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}")
+            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}" if not is_rec
+                              else f"no image records in {input_dir}")
         synth = _load_synthesizer(args)
         output_dir.mkdir(parents=True, exist_ok=True)
+        final_dir = output_dir
+        if args.out_format == "rec":
+            output_dir = final_dir / ".variants"  # PNGs first (resumable), packed into train.rec at the end
         for f in failures:
             tqdm.write(f"lrface augment: skipping {f['source']}: {f['message']}", file=sys.stderr)
         with tqdm(total=len(sources), unit="face", desc="augment", file=sys.stderr) as bar:
@@ -328,14 +451,21 @@ def main_augment(argv: list[str] | None = None) -> int:
                         tqdm.write(f"lrface augment: cannot read {r['source']}: {r['message']} ({r['reason']})", file=sys.stderr)
                 results += chunk
         failures += [r for r in results if r["status"] == "failed"]
-        write_errors(output_dir, failures)
-        lines = write_manifest(synth, output_dir, sources, args.variants, args.seed, args.height,
-                               args.min_height, args.max_height)
+        write_errors(final_dir, failures)
+        if args.out_format == "rec":
+            rows = manifest_rows(synth, output_dir, sources, args.variants, args.seed, args.height,
+                                 args.min_height, args.max_height)
+            lines = write_record_dataset(output_dir, final_dir, sources, rows)
+            shutil.rmtree(output_dir, ignore_errors=True)
+            where = f"{final_dir / REC_NAME} (+ .idx, {final_dir / MANIFEST_NAME})"
+        else:
+            lines = write_manifest(synth, output_dir, sources, args.variants, args.seed, args.height,
+                                   args.min_height, args.max_height)
+            where = str(output_dir / MANIFEST_NAME)
         done = sum(r["status"] == "done" for r in results)
         skipped = sum(r["status"] == "skipped" for r in results)
-        print(f"augment: {done} done, {skipped} skipped, {len(failures)} failed; "
-              f"{lines} variants in {output_dir / MANIFEST_NAME}"
-              + (f"; failures in {output_dir / ERRORS_NAME}" if failures else ""))
+        print(f"augment: {done} done, {skipped} skipped, {len(failures)} failed; {lines} variants in {where}"
+              + (f"; failures in {final_dir / ERRORS_NAME}" if failures else ""))
         return 0
 
     return _run("lrface augment", body)
@@ -371,46 +501,52 @@ def main_synth(argv: list[str] | None = None) -> int:
 def main_embed(argv: list[str] | None = None) -> int:
     p = _Parser(prog="lrface embed", description="Embed every face under INPUT_DIR into an .npz with `paths` "
                 "(relative, '/'-separated) and `embeddings` (N x D float32, L2-normalised).")
-    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of faces (any sizes, walked recursively)")
+    p.add_argument("input_dir", metavar="INPUT", help="folder of faces (any sizes, walked recursively), or a RecordIO "
+                   "DATA.rec (its DATA.idx beside it): paths are then <label>/<record id>")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
     _add_model_args(p, "embedder", 64)
     args = p.parse_args(argv)
 
     def body() -> int:
         input_dir, out = Path(args.input_dir), Path(args.out)
-        if not input_dir.is_dir():
-            raise _UsageError(f"input folder {input_dir} does not exist or is not a folder")
-        sources = find_images(input_dir)
+        is_rec = recordio.is_recordio(input_dir)
+        if not input_dir.is_dir() and not is_rec:
+            raise _UsageError(f"input {input_dir} is neither a folder nor a .rec file")
+        failures: list[dict] = []
+        try:
+            sources = plan_embed_sources(input_dir, errors=failures)
+        except (OSError, ValueError) as exc:
+            raise _UsageError(f"cannot read {input_dir}: {exc}") from None
+        for f in failures:
+            print(f"lrface embed: skipping {f['source']}: {f['message']}", file=sys.stderr)
         if not sources:
-            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}")
+            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}" if not is_rec
+                              else f"no image records in {input_dir}")
         embedder = Embedder(args.model, providers=execution_providers(args.device), threads=args.threads,
                             max_batch=args.batch_size)
-        paths: list[str] = []
-        blocks: list[np.ndarray] = []
-        failed = 0
         with tqdm(total=len(sources), unit="face", desc="embed", file=sys.stderr) as bar:
-            for start in range(0, len(sources), args.batch_size):
-                faces = []
-                for rel in sources[start:start + args.batch_size]:
-                    try:
-                        faces.append(read_face(input_dir / rel))
-                        paths.append(rel)
-                    except (ImageDecodeError, OSError) as exc:
-                        failed += 1
-                        r = _failure(rel, exc)
-                        tqdm.write(f"lrface embed: cannot read {rel}: {r['message']} ({r['reason']})", file=sys.stderr)
-                if faces:
-                    blocks.append(embedder.embed(faces))
-                bar.update(len(sources[start:start + args.batch_size]))
-        embeddings = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
+            paths, embeddings, read_failures = embed_sources(embedder, input_dir, sources, args.batch_size,
+                                                             progress=bar.update)
+        for r in read_failures:
+            print(f"lrface embed: cannot read {r['source']}: {r['message']} ({r['reason']})", file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, paths=np.array(paths, dtype=np.str_), embeddings=embeddings.astype(np.float32))
-        write_atomic(out, buf.getvalue())
-        print(f"embed: {len(paths)} faces ({embedder.model_id}, dim {embedder.dim}) -> {out}; {failed} failed")
+        write_atomic(out, embeddings_npz_bytes(paths, embeddings))
+        print(f"embed: {len(paths)} faces ({embedder.model_id}, dim {embedder.dim}) -> {out}; "
+              f"{len(failures) + len(read_failures)} failed")
         return 0
 
     return _run("lrface embed", body)
+
+
+def plan_embed_sources(input_path: str | os.PathLike, *, errors: list[dict] | None = None) -> list[str]:
+    """The faces `lrface embed` (and an embedding job) takes: every image under a folder, sorted, or the image
+    records of a .rec; unreadable records are appended to `errors`."""
+    if recordio.is_recordio(input_path):
+        names, failures = recordio.open_dataset(input_path).names()
+        if errors is not None:
+            errors += failures
+        return names
+    return find_images(input_path)
 
 
 def main(argv: list[str] | None = None) -> int:
