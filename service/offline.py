@@ -305,6 +305,41 @@ def embeddings_npz_bytes(paths: list[str], embeddings: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def write_embeddings_from_parts(out: str | os.PathLike, parts: list[Path]) -> list[str]:
+    """The same .npz as `embeddings_npz_bytes` of the parts' rows joined in order (each part an .npz with
+    `paths` and `embeddings`), written block by block: one part's embeddings in memory at a time. Returns the
+    paths."""
+    import zipfile
+
+    paths: list[str] = []
+    rows, dim = 0, None
+    for part in parts:
+        with np.load(part) as npz:
+            paths += [str(p) for p in npz["paths"]]
+            shape = npz["embeddings"].shape
+            rows += shape[0]
+            dim = shape[1] if dim is None else dim
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        # np.savez's own layout: an uncompressed zip of paths.npy and embeddings.npy.
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("paths.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.array(paths, dtype=np.str_), allow_pickle=False)
+            with zf.open("embeddings.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                        "shape": (rows, int(dim or 0))})
+                for part in parts:
+                    with np.load(part) as npz:
+                        f.write(np.ascontiguousarray(npz["embeddings"], dtype="<f4").tobytes())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return paths
+
+
 # -- RecordIO output ---------------------------------------------------------------------------------------------
 
 def source_label(rel: str, labels: dict[str, int]) -> int:

@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return store.stats() if store is not None else None
 
     metrics.watch_jobs(job_stats)
+    metrics.watch_job_progress(lambda: services.store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
