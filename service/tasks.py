@@ -48,7 +48,7 @@ _store = None
 # Embedding jobs: each chunk's embeddings land in <output>/.parts/<chunk>.npz (written once, atomically); the
 # finalizer joins them in chunk order into embeddings.npz, so every face is in it exactly once.
 PARTS_DIR = ".parts"
-EMBED_GROUP = 16  # faces per model call of an embedding chunk, and per progress report
+EMBED_GROUP = 16  # faces per model call of an embedding chunk (at most LRFACE_EMBED_MAX_BATCH), and per progress report
 
 
 def get_synthesizer():
@@ -215,14 +215,15 @@ def _embed_chunk(store: JobStore, job: dict, chunk_index: int, rel_paths: list[s
     paths: list[str] = []
     blocks: list[np.ndarray] = []
     failures = []
-    for start in range(0, len(rel_paths), EMBED_GROUP):
+    group = max(1, min(EMBED_GROUP, embedder.max_batch))
+    for start in range(0, len(rel_paths), group):
         if store.is_cancelled(job_id):
             return None
-        done, emb, failed = embed_sources(embedder, job["input_dir"], rel_paths[start:start + EMBED_GROUP], EMBED_GROUP)
+        done, emb, failed = embed_sources(embedder, job["input_dir"], rel_paths[start:start + group], group)
         paths += done
         blocks.append(emb)
         failures += failed
-        if start + EMBED_GROUP < len(rel_paths):
+        if start + group < len(rel_paths):
             store.report_progress(job_id, chunk_index, len(paths), len(failures))
     embeddings = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
     buf = io.BytesIO()
