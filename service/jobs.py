@@ -508,8 +508,8 @@ def _rate_and_eta(job: dict, planned_failed: int) -> tuple[float | None, float |
         return None, None
     end = job["finished_at"] or time.time()
     processed = job["done"] + job["failed"] - planned_failed
-    elapsed = end - started
-    if elapsed <= 0 or processed <= 0:
+    elapsed = max(end - started, 0.001)  # (times are stored to the millisecond)
+    if processed <= 0:
         return None, None
     rate = processed / elapsed
     if job["state"] in TERMINAL_STATES:
