@@ -284,13 +284,18 @@ def _join_embeddings(output_dir: Path, chunks_total: int) -> None:
 
     from service.offline import EMBEDDINGS_NAME, MANIFEST_NAME, _write_jsonl, write_embeddings_from_parts
 
+    import numpy as np
+
     parts = [_part_path(output_dir, i) for i in range(chunks_total)]
     missing = [p.name for p in parts if not p.is_file()]
-    if missing:
-        if (output_dir / EMBEDDINGS_NAME).is_file() and len(missing) == len(parts):
-            return
+    if not missing:
+        paths = write_embeddings_from_parts(output_dir / EMBEDDINGS_NAME, parts)
+    elif (output_dir / EMBEDDINGS_NAME).is_file():
+        # A previous run wrote the whole file (it is renamed into place complete) and was removing the parts.
+        with np.load(output_dir / EMBEDDINGS_NAME) as npz:
+            paths = [str(p) for p in npz["paths"]]
+    else:
         raise RuntimeError(f"the embeddings of {len(missing)} chunks are missing ({', '.join(missing[:5])})")
-    paths = write_embeddings_from_parts(output_dir / EMBEDDINGS_NAME, parts)
     _write_jsonl(output_dir / MANIFEST_NAME, ({"source": p, "row": i} for i, p in enumerate(paths)))
     shutil.rmtree(output_dir / PARTS_DIR, ignore_errors=True)
 
