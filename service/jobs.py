@@ -803,10 +803,14 @@ def job_output_dir(settings: Settings, job_id: str) -> Path:
 
 
 def submit_job(store: JobStore, settings: Settings, *, job_id: str, params: JobParams, input_dir: Path,
-               allowed_root: Path, input_label: str, enqueue, owner: str = "") -> dict:
-    """Plan the sources, store the job, and fan out one task per chunk with `enqueue(job_id, index, paths)`."""
+               allowed_root: Path, input_label: str, enqueue, owner: str = "", max_sources: int | None = None) -> dict:
+    """Plan the sources, store the job, and fan out one task per chunk with `enqueue(job_id, index, paths)`.
+
+    `max_sources`: the most images (records) the input may hold (an uploaded .rec, whose records are not files)."""
     output_dir = job_output_dir(settings, job_id)
     sources, failures = plan_job_sources(input_dir, output_dir, allowed_root, params.kind)
+    if max_sources is not None and len(sources) + len(failures) > max_sources:
+        raise JobInputError(413, "archive_too_large", f"the upload holds more than {max_sources} records")
     if not sources:
         detail = f" ({len(failures)} files could not be used)" if failures else ""
         raise JobInputError(422, "no_images", f"no images were found in the job's input{detail}")

@@ -225,6 +225,7 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     job_id = new_job_id()
     cleanup: Path | None = None
+    uploaded_rec = False
     if content_type == "application/json" or content_type.endswith("+json"):
         body = await _read_json_body(request, settings.max_json_body_bytes)
         spec = _validate(JobCreate, body)
@@ -260,6 +261,7 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
                     input_dir.mkdir(parents=True)
                     stored.rename(input_dir / "input.rec")
                     input_dir = input_dir / "input.rec"
+                    uploaded_rec = True
                 else:
                     await run_in_threadpool(extract_archive, stored, input_dir, ArchiveLimits.from_settings(settings))
             except JobInputError as exc:
@@ -289,7 +291,8 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
     try:
         job = await run_in_threadpool(submit_job, store, settings, job_id=job_id, params=params, input_dir=input_dir,
                                       allowed_root=root, input_label=label, enqueue=enqueue_chunk,
-                                      owner=_owner(request, settings) or "")
+                                      owner=_owner(request, settings) or "",
+                                      max_sources=settings.max_archive_members if uploaded_rec else None)
     except JobInputError as exc:
         if cleanup is not None:
             remove_tree(cleanup)
