@@ -456,7 +456,7 @@ def main_augment(argv: list[str] | None = None) -> int:
         input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
         is_rec = recordio.is_recordio(input_dir)
         if not input_dir.is_dir() and not is_rec:
-            raise _UsageError(f"input {input_dir} is neither a folder nor a .rec file")
+            raise _UsageError(f"input {input_dir} does not exist or is neither a folder nor a .rec file")
         if output_dir.resolve() == input_dir.resolve():
             raise _UsageError("OUTPUT_DIR must differ from INPUT_DIR")
         failures: list[dict] = []
@@ -546,7 +546,7 @@ def main_embed(argv: list[str] | None = None) -> int:
         input_dir, out = Path(args.input_dir), Path(args.out)
         is_rec = recordio.is_recordio(input_dir)
         if not input_dir.is_dir() and not is_rec:
-            raise _UsageError(f"input {input_dir} is neither a folder nor a .rec file")
+            raise _UsageError(f"input {input_dir} does not exist or is neither a folder nor a .rec file")
         failures: list[dict] = []
         try:
             sources = plan_embed_sources(input_dir, errors=failures)
