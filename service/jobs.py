@@ -119,7 +119,9 @@ def is_job_id(text: str) -> bool:
 
 # Count a chunk once: SADD says whether this is the first time; only then do the counts move.
 # The chunk's per-image progress fields go in the same step, so an image is never counted twice.
+# A job purged meanwhile is not brought back (-1).
 _RECORD_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0} end
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 if added == 1 then
   redis.call('HINCRBY', KEYS[1], 'done', tonumber(ARGV[2]))
@@ -143,6 +145,13 @@ for i = 1, 2 do
   if tonumber(ARGV[i + 1]) > old then redis.call('HSET', KEYS[1], fields[i], ARGV[i + 1]) end
 end
 redis.call('HSET', KEYS[3], 'updated_at', ARGV[4])
+return 1
+"""
+
+# Set fields that are written once (started_at, model_id) of a job that still exists.
+_SET_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -194,6 +203,7 @@ class JobStore:
         self.prefix = prefix
         self._record_chunk = client.register_script(_RECORD_CHUNK)
         self._progress = client.register_script(_PROGRESS)
+        self._set_once = client.register_script(_SET_ONCE)
         self._transition = client.register_script(_TRANSITION)
         self._admit = client.register_script(_ADMIT)
 
@@ -353,13 +363,13 @@ class JobStore:
 
     def touch(self, job_id: str) -> None:
         """Progress heartbeat of a running chunk (so a long chunk does not look stalled)."""
-        self.redis.hset(self.key(job_id), "updated_at", f"{time.time():.3f}")
+        if self.exists(job_id):  # (a job purged meanwhile is not brought back)
+            self.redis.hset(self.key(job_id), "updated_at", f"{time.time():.3f}")
 
     def mark_running(self, job_id: str, model_id: str | None = None) -> None:
         self.transition(job_id, "running", ("queued",))
-        self.redis.hsetnx(self.key(job_id), "started_at", f"{time.time():.3f}")
-        if model_id:
-            self.redis.hsetnx(self.key(job_id), "model_id", model_id)
+        fields = ["started_at", f"{time.time():.3f}"] + (["model_id", model_id] if model_id else [])
+        self._set_once(keys=[self.key(job_id)], args=fields)
 
     def report_progress(self, job_id: str, chunk_index: int, done: int, failed: int) -> None:
         """Images of a chunk finished so far (also a heartbeat); ignored once the chunk is counted."""
@@ -372,11 +382,13 @@ class JobStore:
         return self.transition(job_id, "cancelled", ("queued", "running"))
 
     def fail(self, job_id: str, message: str) -> None:
-        self.redis.hset(self.key(job_id), "error", message[:2000])
+        if self.exists(job_id):  # (a job purged meanwhile is not brought back)
+            self.redis.hset(self.key(job_id), "error", message[:2000])
         self.transition(job_id, "failed", ("queued", "running"))
 
-    def record_chunk(self, job_id: str, chunk_index: int, results: list[dict]) -> tuple[bool, int, int]:
-        """Count a finished chunk's results once. Returns (first time?, chunks done, chunks total)."""
+    def record_chunk(self, job_id: str, chunk_index: int, results: list[dict]) -> tuple[bool | None, int, int]:
+        """Count a finished chunk's results once. Returns (first time? (None: the job is gone), chunks done,
+        chunks total)."""
         failures = [r for r in results if r.get("status") == "failed"]
         done = len(results) - len(failures)
         kind = self.redis.hget(self.key(job_id), "kind") or "augment"
@@ -386,7 +398,7 @@ class JobStore:
             args=[int(chunk_index), done, len(failures), f"{time.time():.3f}", kind,
                   *[json.dumps(_error_row(f)) for f in failures]],
         )
-        return bool(added), int(chunks_done), int(chunks_total)
+        return (None if int(added) < 0 else bool(added)), int(chunks_done), int(chunks_total)
 
     def stats(self) -> dict[str, int]:
         raw = self.redis.hgetall(f"{self.prefix}stats")

@@ -145,7 +145,9 @@ def _process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) ->
         return "failed"
     if results is None:
         return _stopped(store, job_id)
-    _, chunks_done, chunks_total = store.record_chunk(job_id, chunk_index, results)
+    added, chunks_done, chunks_total = store.record_chunk(job_id, chunk_index, results)
+    if added is None:  # purged while this chunk ran
+        return _stopped(store, job_id)
     if chunks_done >= chunks_total:
         # Also when this chunk was already counted (a redelivery after a crash between counting and this
         # line): finalizing is idempotent, and otherwise nobody would.

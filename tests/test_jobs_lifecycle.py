@@ -128,6 +128,13 @@ def test_purging_removes_the_jobs_files_and_state_and_nothing_else(jobs):
     purge_job(jobs.store, jobs.settings, job_id)
     assert not out.exists() and not upload.exists()
     assert jobs.store.get(job_id) is None and jobs.store.is_cancelled(job_id)  # queued chunks do nothing
+    # A chunk that was running during the purge finishes without bringing the job back.
+    jobs.store.mark_running(job_id, "model")
+    jobs.store.report_progress(job_id, 0, 2, 0)
+    assert jobs.store.record_chunk(job_id, 0, [{"source": "a.png", "status": "done"}])[0] is None
+    jobs.store.fail(job_id, "late")
+    assert sorted(jobs.store.redis.keys(f"{jobs.settings.key_prefix}job:{job_id}*")) == \
+        [f"{jobs.settings.key_prefix}job:{job_id}:cancel"]
     assert job_id not in [j["job_id"] for j in jobs.store.list_jobs(10)[0]]
     assert (outside / "keep.txt").read_text() == "not the job's" and sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
     assert (jobs.settings.jobs_root_path / sibling / "b_0.png").read_bytes() == b"y"
