@@ -145,36 +145,67 @@ def read_framed(f) -> bytes | None:
 
 
 def scan_offsets(path: str | os.PathLike) -> tuple[list[int], list[dict]]:
-    """Byte offsets of the records of a .rec without an index, by walking the frames (record i has id i, as
-    mxnet's writer numbers them). Stops at the first frame that cannot be walked, reported as one failure."""
+    """Byte offsets of the records of a .rec without an index, by walking the frames (numbered in file order, as
+    mxnet's writer numbers them). Bytes that are not a record (a damaged stretch) are reported as one failure
+    each, and the walk goes on at the next record start (the magic at a 4-byte boundary)."""
     offsets: list[int] = []
     failures: list[dict] = []
     with open(path, "rb") as f:
-        while True:
-            start = f.tell()
+        size = os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos < size:
             try:
-                payload_start = True
-                while True:
-                    head = f.read(8)
-                    if not head and payload_start:
-                        return offsets, failures
-                    if len(head) != 8:
-                        raise RecordError("truncated", "the file ends inside a record header")
-                    magic, word = struct.unpack("<II", head)
-                    if magic != MAGIC:
-                        raise RecordError("corrupt", f"no RecordIO magic at byte {f.tell() - 8}")
-                    cflag, length = word >> 29, word & _LENGTH_MASK
-                    f.seek(length + (-length % 4), os.SEEK_CUR)
-                    payload_start = False
-                    if cflag in (0, 3):
-                        break
-                if f.tell() > os.fstat(f.fileno()).st_size:
-                    raise RecordError("truncated", "the file ends inside a record")
-                offsets.append(start)
+                end = _walk_record(f, pos, size)
+                offsets.append(pos)
+                pos = end
             except RecordError as exc:
-                failures.append({"source": f"record@{start}", "status": "failed", "reason": exc.reason,
-                                 "message": f"{exc.message}; the rest of the file cannot be read without an index"})
-                return offsets, failures
+                resume = _next_record_start(f, pos + 4, size)
+                failures.append({"source": f"bytes/{pos}-{resume}", "status": "failed", "reason": exc.reason,
+                                 "message": f"{exc.message}; bytes {pos}..{resume} skipped"})
+                pos = resume
+    return offsets, failures
+
+
+def _walk_record(f, pos: int, size: int) -> int:
+    """The end of the record starting at `pos` (all its frames), or RecordError."""
+    first = True
+    while True:
+        f.seek(pos)
+        head = f.read(8)
+        if len(head) != 8:
+            raise RecordError("truncated", "the file ends inside a record header")
+        magic, word = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise RecordError("corrupt", f"no RecordIO magic at byte {pos}")
+        cflag, length = word >> 29, word & _LENGTH_MASK
+        if cflag > 3 or (cflag in (0, 1)) != first:
+            raise RecordError("corrupt", f"continuation flag {cflag} out of sequence at byte {pos}")
+        pos += 8 + length + (-length % 4)
+        if pos > size:
+            raise RecordError("truncated", "the file ends inside a record")
+        if cflag in (0, 3):
+            return pos
+        first = False
+
+
+def _next_record_start(f, pos: int, size: int) -> int:
+    """The next 4-byte-aligned offset from `pos` that holds the magic and starts a record (else the file's end)."""
+    pos += -pos % 4
+    while pos < size:
+        f.seek(pos)
+        block = f.read(1 << 20)
+        if not block:
+            break
+        at = block.find(_MAGIC_BYTES)
+        while at >= 0:
+            if (pos + at) % 4 == 0 and len(block) >= at + 8:
+                word = struct.unpack_from("<I", block, at + 4)[0]
+                if word >> 29 in (0, 1):
+                    return pos + at
+            at = block.find(_MAGIC_BYTES, at + 1)
+        pos += max(4, len(block) - 8)  # (overlap, so a magic across two blocks is seen)
+        pos += -pos % 4
+    return size
 
 
 def read_index(path: str | os.PathLike) -> dict[int, int]:

@@ -200,3 +200,15 @@ def test_embed_on_a_rec_names_paths_by_label_and_record(tmp_path, embedder_path)
     dim = json.loads(embedder_path.with_suffix(".json").read_text())["dim"]
     assert emb.shape == (3, dim) and emb.dtype == np.float32
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_without_an_index_a_damaged_stretch_is_reported_and_the_records_after_it_read(tmp_path):
+    rec = tmp_path / "train.rec"
+    good = [spec_payload(1, 1, face_png(0)), spec_payload(2, 2, face_png(1)), spec_payload(3, 3, face_png(2))]
+    blob = bytearray(spec_record(good[0]) + spec_record(good[1]) + spec_record(good[2]))
+    second = len(spec_record(good[0]))
+    blob[second:second + 4] = b"\xde\xad\xbe\xef"  # the second record's magic is gone
+    rec.write_bytes(bytes(blob))
+    names, failures = recordio.RecordDataset(rec).names()
+    assert names == ["1/0", "3/1"]  # (numbered in file order without an index)
+    assert [f["reason"] for f in failures] == ["corrupt"] and failures[0]["source"].startswith(f"bytes/{second}-")
