@@ -156,10 +156,7 @@ def plan_sources(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     cannot be read are failures.
     """
     if recordio.is_recordio(input_dir):
-        names, failures = recordio.open_dataset(input_dir).names()
-        if errors is not None:
-            errors += failures
-        return names
+        return _plan_records(input_dir, errors)
     paths = find_images(input_dir, exclude=output_dir)
     kept, owner = [], {}
     for rel in paths:
@@ -577,11 +574,17 @@ def plan_embed_sources(input_path: str | os.PathLike, *, errors: list[dict] | No
     """The faces `lrface embed` (and an embedding job) takes: every image under a folder, sorted, or the image
     records of a .rec; unreadable records are appended to `errors`."""
     if recordio.is_recordio(input_path):
-        names, failures = recordio.open_dataset(input_path).names()
-        if errors is not None:
-            errors += failures
-        return names
+        return _plan_records(input_path, errors)
     return find_images(input_path)
+
+
+def _plan_records(path: str | os.PathLike, errors: list[dict] | None) -> list[str]:
+    # A dataset of its own (not the cached one the readers share): planning runs once, e.g. in an API process.
+    with recordio.RecordDataset(path) as dataset:
+        names, failures = dataset.names()
+    if errors is not None:
+        errors += failures
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:

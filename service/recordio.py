@@ -241,19 +241,29 @@ class RecordDataset:
         else:
             offsets, self.scan_failures = scan_offsets(self.path)
             self.offsets = dict(enumerate(offsets))
-        self._local = threading.local()
+        self._local = threading.local()  # one file handle per thread (reads seek)
+        self._handles: list = []
+        self._handles_lock = threading.Lock()
 
     def _file(self):
         f = getattr(self._local, "f", None)
-        if f is None:
+        if f is None or f.closed:
             f = self._local.f = open(self.path, "rb")
+            with self._handles_lock:
+                self._handles.append(f)
         return f
 
     def close(self) -> None:
-        f = getattr(self._local, "f", None)
-        if f is not None:
-            f.close()
-            self._local.f = None
+        with self._handles_lock:
+            for f in self._handles:
+                f.close()
+            self._handles.clear()
+
+    def __enter__(self) -> "RecordDataset":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def read(self, record_id: int) -> tuple[RecordHeader, bytes]:
         offset = self.offsets.get(record_id)
@@ -358,12 +368,12 @@ _open: dict[tuple, RecordDataset] = {}
 
 def open_dataset(path: str | os.PathLike) -> RecordDataset:
     """A process-wide cached RecordDataset (parsing a 5M-line index once per process, not once per chunk)."""
-    path = Path(path)
-    st = path.stat()
-    idx = index_path(path)
-    idx_mtime = idx.stat().st_mtime_ns if idx.is_file() else None
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, idx_mtime)
+    key = _dataset_key(Path(path))
     with _open_lock:
+        # Datasets whose files were removed or changed (a purged upload) are closed, so no deleted file is
+        # kept open.
+        for stale in [k for k in _open if k != key and _dataset_key(Path(k[0]), missing_ok=True) != k]:
+            _open.pop(stale).close()
         dataset = _open.get(key)
         if dataset is None:
             if len(_open) >= 8:
@@ -372,6 +382,18 @@ def open_dataset(path: str | os.PathLike) -> RecordDataset:
                 _open.clear()
             dataset = _open[key] = RecordDataset(path)
         return dataset
+
+
+def _dataset_key(path: Path, missing_ok: bool = False) -> tuple | None:
+    try:
+        st = path.stat()
+        idx = index_path(path)
+        idx_mtime = idx.stat().st_mtime_ns if idx.is_file() else None
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, idx_mtime)
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
