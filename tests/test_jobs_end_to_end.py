@@ -4,7 +4,6 @@ paginated), download both results (tar with a resumed Range request, zip), read 
 from __future__ import annotations
 
 import io
-import json
 import re
 import tarfile
 import zipfile

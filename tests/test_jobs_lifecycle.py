@@ -2,11 +2,9 @@
 that touch nothing outside a job's own folders, and jobs over RecordIO datasets (server-side and uploaded)."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
