@@ -230,6 +230,7 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
         body = await _read_json_body(request, settings.max_json_body_bytes)
         spec = _validate(JobCreate, body)
         options = spec
+        _check_kind(options)
         root = settings.data_root_path
         try:
             input_dir = resolve_input_dir(root, spec.input_dir)
@@ -247,6 +248,7 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
                 raise APIError(422, "validation_error", "multipart jobs need the archive as the file field `archive`")
             fields = {k: v for k, v in form.multi_items() if k != "archive" and isinstance(v, str) and v != ""}
             options = _validate(JobOptions, fields)
+            _check_kind(options)  # (before the archive is stored)
             if options.kind == "augment":
                 _check_options(settings, services, options)
             uploads = settings.uploads_root_path
@@ -277,11 +279,6 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
         raise APIError(415, "unsupported_media_type", "send JSON (input_dir) or multipart/form-data (archive)")
 
     if options.kind == "embed":
-        given = sorted(set(options.model_fields_set) & set(_SYNTHESIS_FIELDS))
-        if given:
-            if cleanup is not None:
-                remove_tree(cleanup)
-            raise APIError(422, "validation_error", f"{', '.join(given)} apply to augmentation jobs, not to kind=embed")
         params = JobParams.embedding()
     else:
         seed = random_seed() if options.seed is None else options.seed
@@ -303,6 +300,13 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
         raise
     services.metrics.jobs_submitted.inc()
     return JSONResponse(job_out(job).model_dump(), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+def _check_kind(options: JobOptions) -> None:
+    """The synthesis fields belong to augmentation jobs: an embedding job given one is refused (422)."""
+    given = sorted(set(options.model_fields_set) & set(_SYNTHESIS_FIELDS))
+    if options.kind == "embed" and given:
+        raise APIError(422, "validation_error", f"{', '.join(given)} apply to augmentation jobs, not to kind=embed")
 
 
 def _check_options(settings, services, options: JobOptions, seed: int = 0) -> None:
