@@ -161,6 +161,19 @@ def test_retention_purges_jobs_finished_longer_ago_than_the_setting(jobs):
     assert jobs.store.get(old) is None and jobs.store.get(recent) and jobs.store.get(running)
 
 
+def test_the_workers_sweeper_applies_the_retention(jobs, monkeypatch):
+    from service import tasks
+
+    finished = jobs.submit()
+    jobs.store.transition(finished, "succeeded", ("queued",))
+    jobs.store.redis.hset(jobs.store.key(finished), "finished_at", f"{time.time() - 100:.3f}")
+    jobs.store.redis.zadd(f"{jobs.settings.key_prefix}jobs", {finished: time.time() - 200})
+    monkeypatch.setattr(tasks, "get_settings", lambda: jobs.settings.model_copy(update={"job_retention_s": 50}))
+    monkeypatch.setattr(tasks, "get_store", lambda: jobs.store)
+    tasks.sweep_once()
+    assert jobs.store.get(finished) is None and not (jobs.settings.jobs_root_path / finished).exists()
+
+
 def test_a_rec_whose_index_leads_outside_the_data_root_is_refused(jobs):
     data = jobs.tmp / "data"
     insightface_dataset(data / "train.rec", [0, 1])
