@@ -8,6 +8,9 @@ The reusable steps of a bulk augmentation are plain functions so that the Celery
     write_errors(output_dir, [r for r in all_results if r["status"] == "failed"])         # once, at the end
     write_manifest(synth, output_dir, rel_paths, variants, seed, ...)                     # once, at the end
 
+Embedding jobs and `lrface embed` share `plan_embed_sources` and `embed_sources`, and with them the decision of
+what each image is (an aligned crop, or a photo whose face is detected and aligned: `EMBED_ALIGN_DEFAULT`).
+
 Every output depends only on (relative path, seed, k) and the model (docs/ARCHITECTURE.md, "Reproducible
 randomness"), so chunks may run in any order, on any worker, and be retried: existing outputs are skipped and
 every file is written to a temp name and renamed.
@@ -18,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import stat
 import sys
 import threading
@@ -28,12 +32,15 @@ import numpy as np
 from tqdm import tqdm
 
 from models.face import MIN_INPUT_HEIGHT, ImageDecodeError, decode_image, encode_png, lr_width_for_height
+from service import recordio
 from service.detect import NoFaceError, choose_align
 from service.inference import MAX_HEIGHT, MIN_HEIGHT, Embedder, ModelNotFoundError, Synthesizer, execution_providers
 from training.data import IMAGE_EXTENSIONS
 
 MANIFEST_NAME = "manifest.jsonl"
 ERRORS_NAME = "errors.jsonl"
+EMBEDDINGS_NAME = "embeddings.npz"
+REC_NAME = "train.rec"
 
 
 # -- folders and files -----------------------------------------------------------------------------------------
@@ -97,13 +104,20 @@ def read_face(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_face(path: str | os.PathLike, align: str | None = "none", detector=None) -> tuple[np.ndarray, dict | None]:
-    """Read an image and make it the face the models take, as the API does: `align` "none" (an aligned crop),
-    "auto" (the most prominent face, detected and aligned by `detector`, a `service.detect.FaceDetector`) or None
-    (none for an image shaped like an aligned crop, else auto: `service.detect.choose_align`).
+    """Read an image file and make it the face the models take (`prepare_face`).
 
     Returns (face, detection box or None); raises ImageDecodeError (reason "no_face" when no face is found) or OSError.
     """
-    rgb = decode_image(_read_regular_file(path))
+    return prepare_face(decode_image(_read_regular_file(path)), align, detector)
+
+
+def prepare_face(rgb: np.ndarray, align: str | None = "none", detector=None) -> tuple[np.ndarray, dict | None]:
+    """A decoded image made the face the models take, as the API does: `align` "none" (an aligned crop), "auto"
+    (the most prominent face, detected and aligned by `detector`, a `service.detect.FaceDetector` or a
+    `LazyDetector`) or None (none for an image shaped like an aligned crop, else auto: `service.detect.choose_align`).
+
+    Returns (face, detection box or None); raises ImageDecodeError (reason "no_face" when no face is found).
+    """
     chosen = choose_align(align, rgb.shape[0], rgb.shape[1])
     if chosen == "none":
         if rgb.shape[0] < MIN_INPUT_HEIGHT:
@@ -114,16 +128,87 @@ def load_face(path: str | os.PathLike, align: str | None = "none", detector=None
     try:
         face, detection = detector.align(rgb)
     except NoFaceError:
-        hint = "" if align is not None else (f" (the image is {rgb.shape[1]}x{rgb.shape[0]}, not shaped like an aligned "
-                                             "112x96 face crop, so the face was looked for; --align none uses the whole image)")
+        hint = "" if align is not None else (
+            f" (the image is {rgb.shape[1]}x{rgb.shape[0]}, not shaped like an aligned 112x96 face crop, so the face "
+            "was looked for; `lrface embed --align none` takes the whole image as the face)")
         raise ImageDecodeError("no_face", "no face was found in the image" + hint) from None
     return face, detection.box()
 
 
+class LazyDetector:
+    """A face detector built on first use: with align unset, a folder of aligned crops never loads one."""
+
+    def __init__(self, factory: Callable[[], object]):
+        self._factory = factory
+        self._detector = None
+        self._lock = threading.Lock()
+
+    def load(self):
+        """The detector itself (built now when it was not yet)."""
+        if self._detector is None:
+            with self._lock:
+                if self._detector is None:
+                    self._detector = self._factory()
+        return self._detector
+
+    def align(self, rgb: np.ndarray):
+        return self.load().align(rgb)
+
+
+def default_detector(providers: list[str] | None = None, threads: int | None = None) -> LazyDetector:
+    """The API's face detector (RetinaFace), loaded when an image first needs it."""
+    def make():
+        from service.detect import FaceDetector
+
+        return FaceDetector(providers=providers, threads=threads)
+
+    return LazyDetector(make)
+
+
 def _failure(rel_path: str, exc: Exception) -> dict:
-    if isinstance(exc, ImageDecodeError):
+    if isinstance(exc, (ImageDecodeError, recordio.RecordError)):
         return {"source": rel_path, "status": "failed", "reason": exc.reason, "message": exc.message}
     return {"source": rel_path, "status": "failed", "reason": "unreadable", "message": str(exc)}
+
+
+# -- where faces come from: a folder of images or a RecordIO dataset -------------------------------------------
+
+READ_ERRORS = (ImageDecodeError, recordio.RecordError, OSError)
+
+
+class FolderFaces:
+    """Faces named by their path relative to a folder."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def load(self, name: str, align: str | None = "none", detector=None) -> tuple[np.ndarray, dict | None]:
+        """(face, detection box or None) of one image, aligned as `prepare_face` says."""
+        return load_face(self.root / name, align, detector)
+
+    def read(self, name: str) -> np.ndarray:
+        return self.load(name)[0]
+
+
+class RecordFaces:
+    """Faces named `<label>/<record id>` in a RecordIO dataset."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.dataset = recordio.open_dataset(path)
+
+    def load(self, name: str, align: str | None = "none", detector=None) -> tuple[np.ndarray, dict | None]:
+        """(face, detection box or None) of one image record, aligned as `prepare_face` says."""
+        return prepare_face(decode_image(self.dataset.read_image(name)), align, detector)
+
+    def read(self, name: str) -> np.ndarray:
+        return self.load(name)[0]
+
+
+def face_source(source: str | os.PathLike | FolderFaces | RecordFaces) -> FolderFaces | RecordFaces:
+    """The faces of a job or command input: a folder, or a `.rec` file (its `.idx` beside it, when there is one)."""
+    if isinstance(source, (FolderFaces, RecordFaces)):
+        return source
+    return RecordFaces(source) if recordio.is_recordio(source) else FolderFaces(source)
 
 
 # -- bulk augmentation -----------------------------------------------------------------------------------------
@@ -135,7 +220,11 @@ def plan_sources(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     An output_dir inside input_dir is not walked. Two sources whose outputs would share a name (`a.jpg` and
     `a.png` in one folder) cannot both be written: the first in sorted order is kept, each other one is left
     out and, when `errors` is given, appended to it as a failure (reason "name_collision").
+    A `.rec` input gives its image records' names (`<label>/<record id>`, in record id order); records that
+    cannot be read are failures.
     """
+    if recordio.is_recordio(input_dir):
+        return _plan_records(input_dir, errors)
     paths = find_images(input_dir, exclude=output_dir)
     kept, owner = [], {}
     for rel in paths:
@@ -164,7 +253,7 @@ def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir
     `progress(n)` is called as sources finish (for a progress bar or a task's state). `align` / `detector`: as
     for `load_face` (default "none": the sources are aligned crops).
     """
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    faces_in, output_dir = face_source(input_dir), Path(output_dir)
     if isinstance(variants, bool) or not isinstance(variants, int) or variants < 1:
         raise ValueError(f"variants must be an integer >= 1, not {variants!r}")
     synth.variant_params("", seed, 0, height, min_height, max_height)  # raises on invalid height arguments
@@ -183,9 +272,9 @@ def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir
         faces, keys = [], []
         for rel in pending[start:start + per_call]:
             try:
-                faces.append(load_face(input_dir / rel, align, detector)[0])
+                faces.append(faces_in.load(rel, align, detector)[0])
                 keys.append(rel)
-            except (ImageDecodeError, OSError) as exc:
+            except READ_ERRORS as exc:
                 results[rel] = _failure(rel, exc)
                 if progress:
                     progress(1)
@@ -247,6 +336,120 @@ def write_errors(output_dir: str | os.PathLike, failures: list[dict]) -> None:
     rows = [{"source": f["source"], "reason": f.get("reason", "unreadable"), "message": f.get("message", "")}
             for f in sorted(failures, key=lambda f: f["source"])]
     _write_jsonl(path, rows)
+
+
+# -- embeddings ----------------------------------------------------------------------------------------------
+
+# What an image of `lrface embed` and of an embedding job becomes when no alignment is asked for: None is the
+# API's default (`service.detect.choose_align`): an image shaped like an aligned 112x96 crop is taken as one, any
+# other has its most prominent face detected and aligned. The CLI and the jobs share it through `embed_sources`.
+EMBED_ALIGN_DEFAULT: str | None = None
+
+
+def embed_sources(embedder: Embedder, source, rel_paths: list[str], batch_size: int, *,
+                  progress: Callable[[int], None] | None = None, align: str | None = EMBED_ALIGN_DEFAULT,
+                  detector=None) -> tuple[list[str], np.ndarray, list[dict]]:
+    """(paths embedded, N x D float32 embeddings in that order, failures) of the faces `rel_paths` of `source`
+    (a folder or a .rec), `batch_size` faces per model call. Unreadable faces, and images where no face is found,
+    are failures, never exceptions.
+
+    `align` / `detector`: as for `prepare_face` (default: the API's choice by the image's shape); without a
+    detector, the default one is loaded when an image first needs it (pass one to share it between calls).
+    """
+    faces_in = face_source(source)
+    if detector is None and align != "none":
+        detector = default_detector()
+    paths: list[str] = []
+    blocks: list[np.ndarray] = []
+    failures: list[dict] = []
+    for start in range(0, len(rel_paths), batch_size):
+        batch = rel_paths[start:start + batch_size]
+        faces = []
+        for rel in batch:
+            try:
+                faces.append(faces_in.load(rel, align, detector)[0])
+                paths.append(rel)
+            except READ_ERRORS as exc:
+                failures.append(_failure(rel, exc))
+        if faces:
+            blocks.append(embedder.embed(faces))
+        if progress:
+            progress(len(batch))
+    embeddings = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
+    return paths, embeddings.astype(np.float32, copy=False), failures
+
+
+def embeddings_npz_bytes(paths: list[str], embeddings: np.ndarray) -> bytes:
+    """The .npz `lrface embed` writes: `paths` (str array) and `embeddings` (float32)."""
+    buf = io.BytesIO()
+    np.savez(buf, paths=np.array(paths, dtype=np.str_), embeddings=np.asarray(embeddings, dtype=np.float32))
+    return buf.getvalue()
+
+
+def write_embeddings_from_parts(out: str | os.PathLike, parts: list[Path]) -> list[str]:
+    """The same .npz as `embeddings_npz_bytes` of the parts' rows joined in order (each part an .npz with
+    `paths` and `embeddings`), written block by block: one part's embeddings in memory at a time. Returns the
+    paths."""
+    import zipfile
+
+    paths: list[str] = []
+    rows, dim = 0, None
+    for part in parts:
+        with np.load(part) as npz:
+            paths += [str(p) for p in npz["paths"]]
+            shape = npz["embeddings"].shape
+            rows += shape[0]
+            dim = shape[1] if dim is None else dim
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        # np.savez's own layout: an uncompressed zip of paths.npy and embeddings.npy.
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("paths.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.array(paths, dtype=np.str_), allow_pickle=False)
+            with zf.open("embeddings.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                        "shape": (rows, int(dim or 0))})
+                for part in parts:
+                    with np.load(part) as npz:
+                        f.write(np.ascontiguousarray(npz["embeddings"], dtype="<f4").tobytes())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return paths
+
+
+# -- RecordIO output ---------------------------------------------------------------------------------------------
+
+def source_label(rel: str, labels: dict[str, int]) -> int:
+    """The identity label of a source: a record's own label (`<label>/<id>`), else the index of its top folder."""
+    if recordio.is_record_name(rel):
+        return recordio.parse_record_name(rel)[0]
+    return labels[rel.split("/", 1)[0] if "/" in rel else ""]
+
+
+def write_record_dataset(staging: Path, output_dir: Path, rel_paths: list[str], manifest: list[dict]) -> int:
+    """Pack the variants in `staging` (as listed by `manifest`, rows of `manifest_rows`) into
+    OUTPUT_DIR/train.rec + train.idx in insightface's layout, with the source's label; rewrite the manifest with
+    each variant's record id. Returns the number of image records."""
+    folders = sorted({rel.split("/", 1)[0] if "/" in rel else "" for rel in rel_paths})
+    labels = {name: i for i, name in enumerate(folders)}
+    rows = sorted(manifest, key=lambda r: (source_label(r["source"], labels), r["source"], r["k"]))
+    for record_id, row in enumerate(rows, 1):
+        row["label"] = source_label(row["source"], labels)
+        row["record"] = record_id
+
+    def images():
+        for row in rows:
+            yield row["label"], (staging / row["output"]).read_bytes()
+
+    recordio.write_insightface(output_dir / REC_NAME, images())
+    for row in rows:
+        row["output"] = REC_NAME
+    _write_jsonl(output_dir / MANIFEST_NAME, rows)
+    return len(rows)
 
 
 # -- command line ----------------------------------------------------------------------------------------------
@@ -313,12 +516,14 @@ def _load_synthesizer(args) -> Synthesizer:
 
 
 def _load_detector(args, align: str | None):
-    """The face detector, unless every image is taken as an aligned crop."""
+    """The face detector, unless every image is taken as an aligned crop: loaded now for --align auto, on the
+    first image that needs it without --align (a folder or .rec of aligned crops never loads it)."""
     if align == "none":
         return None
-    from service.detect import FaceDetector
-
-    return FaceDetector(providers=execution_providers(args.device), threads=args.threads)
+    detector = default_detector(providers=execution_providers(args.device), threads=args.threads)
+    if align == "auto":
+        detector.load()
+    return detector
 
 
 def _run(prog: str, body: Callable[[], int]) -> int:
@@ -330,27 +535,40 @@ def _run(prog: str, body: Callable[[], int]) -> int:
 
 
 def main_augment(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="lrface augment", description="Write K realistic LR variants of every face under INPUT_DIR "
-                "to OUTPUT_DIR/<relative path without extension>_<k>.png, plus OUTPUT_DIR/manifest.jsonl. "
+    p = _Parser(prog="lrface augment", description="Write K realistic LR variants of every face of INPUT (a folder "
+                "or a .rec) to OUTPUT_DIR/<relative path without extension>_<k>.png, plus OUTPUT_DIR/manifest.jsonl. "
                 "Resumable: faces whose K outputs exist are skipped.")
-    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of aligned HR faces, or photos with --align auto (walked recursively)")
+    p.add_argument("input_dir", metavar="INPUT", help="folder of aligned HR faces, or photos with --align auto "
+                   "(walked recursively), or a RecordIO DATA.rec (its DATA.idx beside it): records are named "
+                   "<label>/<record id>")
     p.add_argument("output_dir", metavar="OUTPUT_DIR", help="where the variants go (may be inside INPUT_DIR; it is not walked)")
+    p.add_argument("--out-format", choices=("png", "rec"), default="png",
+                   help="png (default): one file per variant; rec: OUTPUT_DIR/train.rec + train.idx (insightface's "
+                   "layout, the source's label kept) and the manifest")
     _add_synthesis_args(p)
     args = p.parse_args(argv)
 
     def body() -> int:
         input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
-        if not input_dir.is_dir():
-            raise _UsageError(f"input folder {input_dir} does not exist or is not a folder")
+        is_rec = recordio.is_recordio(input_dir)
+        if not input_dir.is_dir() and not is_rec:
+            raise _UsageError(f"input {input_dir} does not exist or is neither a folder nor a .rec file")
         if output_dir.resolve() == input_dir.resolve():
             raise _UsageError("OUTPUT_DIR must differ from INPUT_DIR")
         failures: list[dict] = []
-        sources = plan_sources(input_dir, output_dir, errors=failures)
+        try:
+            sources = plan_sources(input_dir, output_dir, errors=failures)
+        except (OSError, ValueError) as exc:
+            raise _UsageError(f"cannot read {input_dir}: {exc}") from None
         if not sources and not failures:
-            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}")
+            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}" if not is_rec
+                              else f"no image records in {input_dir}")
         synth = _load_synthesizer(args)
         detector = _load_detector(args, args.align)
         output_dir.mkdir(parents=True, exist_ok=True)
+        final_dir = output_dir
+        if args.out_format == "rec":
+            output_dir = final_dir / ".variants"  # PNGs first (resumable), packed into train.rec at the end
         for f in failures:
             tqdm.write(f"lrface augment: skipping {f['source']}: {f['message']}", file=sys.stderr)
         with tqdm(total=len(sources), unit="face", desc="augment", file=sys.stderr) as bar:
@@ -365,14 +583,21 @@ def main_augment(argv: list[str] | None = None) -> int:
                         tqdm.write(f"lrface augment: cannot read {r['source']}: {r['message']} ({r['reason']})", file=sys.stderr)
                 results += chunk
         failures += [r for r in results if r["status"] == "failed"]
-        write_errors(output_dir, failures)
-        lines = write_manifest(synth, output_dir, sources, args.variants, args.seed, args.height,
-                               args.min_height, args.max_height)
+        write_errors(final_dir, failures)
+        if args.out_format == "rec":
+            rows = manifest_rows(synth, output_dir, sources, args.variants, args.seed, args.height,
+                                 args.min_height, args.max_height)
+            lines = write_record_dataset(output_dir, final_dir, sources, rows)
+            shutil.rmtree(output_dir, ignore_errors=True)
+            where = f"{final_dir / REC_NAME} (+ .idx, {final_dir / MANIFEST_NAME})"
+        else:
+            lines = write_manifest(synth, output_dir, sources, args.variants, args.seed, args.height,
+                                   args.min_height, args.max_height)
+            where = str(output_dir / MANIFEST_NAME)
         done = sum(r["status"] == "done" for r in results)
         skipped = sum(r["status"] == "skipped" for r in results)
-        print(f"augment: {done} done, {skipped} skipped, {len(failures)} failed; "
-              f"{lines} variants in {output_dir / MANIFEST_NAME}"
-              + (f"; failures in {output_dir / ERRORS_NAME}" if failures else ""))
+        print(f"augment: {done} done, {skipped} skipped, {len(failures)} failed; {lines} variants in {where}"
+              + (f"; failures in {final_dir / ERRORS_NAME}" if failures else ""))
         return 0
 
     return _run("lrface augment", body)
@@ -407,9 +632,10 @@ def main_synth(argv: list[str] | None = None) -> int:
 
 
 def main_embed(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="lrface embed", description="Embed every face under INPUT_DIR into an .npz with `paths` "
-                "(relative, '/'-separated) and `embeddings` (N x D float32, L2-normalised).")
-    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of faces (any sizes, walked recursively)")
+    p = _Parser(prog="lrface embed", description="Embed every face of INPUT (a folder or a .rec) into an .npz with "
+                "`paths` (relative, '/'-separated) and `embeddings` (N x D float32, L2-normalised).")
+    p.add_argument("input_dir", metavar="INPUT", help="folder of faces (any sizes, walked recursively), or a RecordIO "
+                   "DATA.rec (its DATA.idx beside it): paths are then <label>/<record id>")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
     p.add_argument("--align", choices=("none", "auto"),
                    help="none: every image is an aligned face crop; auto: detect and align the most prominent face of "
@@ -421,40 +647,52 @@ def main_embed(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         input_dir, out = Path(args.input_dir), Path(args.out)
-        if not input_dir.is_dir():
-            raise _UsageError(f"input folder {input_dir} does not exist or is not a folder")
-        sources = find_images(input_dir)
+        is_rec = recordio.is_recordio(input_dir)
+        if not input_dir.is_dir() and not is_rec:
+            raise _UsageError(f"input {input_dir} does not exist or is neither a folder nor a .rec file")
+        failures: list[dict] = []
+        try:
+            sources = plan_embed_sources(input_dir, errors=failures)
+        except (OSError, ValueError) as exc:
+            raise _UsageError(f"cannot read {input_dir}: {exc}") from None
+        for f in failures:
+            print(f"lrface embed: skipping {f['source']}: {f['message']}", file=sys.stderr)
         if not sources:
-            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}")
+            raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}" if not is_rec
+                              else f"no image records in {input_dir}")
         embedder = Embedder(args.model, providers=execution_providers(args.device), threads=args.threads,
                             max_batch=args.batch_size)
         detector = _load_detector(args, args.align)
-        paths: list[str] = []
-        blocks: list[np.ndarray] = []
-        failed = 0
         with tqdm(total=len(sources), unit="face", desc="embed", file=sys.stderr) as bar:
-            for start in range(0, len(sources), args.batch_size):
-                faces = []
-                for rel in sources[start:start + args.batch_size]:
-                    try:
-                        faces.append(load_face(input_dir / rel, args.align, detector)[0])
-                        paths.append(rel)
-                    except (ImageDecodeError, OSError) as exc:
-                        failed += 1
-                        r = _failure(rel, exc)
-                        tqdm.write(f"lrface embed: cannot read {rel}: {r['message']} ({r['reason']})", file=sys.stderr)
-                if faces:
-                    blocks.append(embedder.embed(faces))
-                bar.update(len(sources[start:start + args.batch_size]))
-        embeddings = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
+            paths, embeddings, read_failures = embed_sources(embedder, input_dir, sources, args.batch_size,
+                                                             progress=bar.update, align=args.align,
+                                                             detector=detector)
+        for r in read_failures:
+            print(f"lrface embed: cannot read {r['source']}: {r['message']} ({r['reason']})", file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, paths=np.array(paths, dtype=np.str_), embeddings=embeddings.astype(np.float32))
-        write_atomic(out, buf.getvalue())
-        print(f"embed: {len(paths)} faces ({embedder.model_id}, dim {embedder.dim}) -> {out}; {failed} failed")
+        write_atomic(out, embeddings_npz_bytes(paths, embeddings))
+        print(f"embed: {len(paths)} faces ({embedder.model_id}, dim {embedder.dim}) -> {out}; "
+              f"{len(failures) + len(read_failures)} failed")
         return 0
 
     return _run("lrface embed", body)
+
+
+def plan_embed_sources(input_path: str | os.PathLike, *, errors: list[dict] | None = None) -> list[str]:
+    """The faces `lrface embed` (and an embedding job) takes: every image under a folder, sorted, or the image
+    records of a .rec; unreadable records are appended to `errors`."""
+    if recordio.is_recordio(input_path):
+        return _plan_records(input_path, errors)
+    return find_images(input_path)
+
+
+def _plan_records(path: str | os.PathLike, errors: list[dict] | None) -> list[str]:
+    # A dataset of its own (not the cached one the readers share): planning runs once, e.g. in an API process.
+    with recordio.RecordDataset(path) as dataset:
+        names, failures = dataset.names()
+    if errors is not None:
+        errors += failures
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         "the broker lost (a worker killed just after taking a task off the Redis queue loses it); missing ones are "
         "queued again by the workers' sweeper",
     )
+    job_retention_s: float = Field(
+        0.0, ge=0, description="finished jobs (their output folder, uploaded input and state) are purged this many "
+        "seconds after they finished, by the workers' sweeper; 0 keeps them until DELETE /v1/jobs/{id}?purge=true",
+    )
 
     # --- file system --------------------------------------------------------------------------------
     state_dir: Path = Field(

@@ -23,7 +23,16 @@ from kombu.exceptions import OperationalError
 from celery import signals
 
 from service.celery_app import app
-from service.jobs import TERMINAL_STATES, JobParams, JobStore, recover_lost_tasks, redis_client, remove_stray_temps
+from service.jobs import (
+    TERMINAL_STATES,
+    JobParams,
+    JobStore,
+    purge_expired_jobs,
+    recover_lost_tasks,
+    redis_client,
+    remove_job_files,
+    remove_stray_temps,
+)
 from service.settings import get_settings
 
 log = logging.getLogger("lrface.tasks")
@@ -34,7 +43,13 @@ REQUEUE_PAUSE_S = 1.0
 
 _lock = threading.Lock()
 _synthesizer = None
+_embedder = None
+_detector = None
 _store = None
+# Embedding jobs: each chunk's embeddings land in <output>/.parts/<chunk>.npz (written once, atomically); the
+# finalizer joins them in chunk order into embeddings.npz, so every face is in it exactly once.
+PARTS_DIR = ".parts"
+EMBED_GROUP = 16  # faces per model call of an embedding chunk (at most LRFACE_EMBED_MAX_BATCH), and per progress report
 
 
 def get_synthesizer():
@@ -50,6 +65,33 @@ def get_synthesizer():
         return _synthesizer
 
 
+def get_embedder():
+    """The worker's one Embedder, loaded on the first embedding chunk."""
+    global _embedder
+    with _lock:
+        if _embedder is None:
+            from service.inference import Embedder
+
+            settings = get_settings()
+            _embedder = Embedder(settings.embedder_model_path, providers=settings.onnx_providers(),
+                                 threads=settings.threads, max_batch=settings.embed_max_batch,
+                                 spinning=settings.worker_ort_spinning)
+        return _embedder
+
+
+def get_detector():
+    """The worker's face detector for embedding jobs (images not shaped like an aligned crop are aligned first,
+    as `lrface embed` does), loaded when an image first needs it."""
+    global _detector
+    with _lock:
+        if _detector is None:
+            from service.offline import default_detector
+
+            settings = get_settings()
+            _detector = default_detector(providers=settings.onnx_providers(), threads=settings.threads)
+        return _detector
+
+
 def get_store() -> JobStore:
     global _store
     with _lock:
@@ -59,9 +101,7 @@ def get_store() -> JobStore:
 
 
 def _params(job: dict) -> JobParams:
-    p = job["params"]
-    return JobParams(int(p["variants"]), int(p["seed"]), p.get("height"), p.get("min_height"), p.get("max_height"),
-                     bool(p.get("canvas")))
+    return JobParams.from_dict({"kind": job.get("kind", "augment"), **job["params"]})
 
 
 def enqueue_chunk(job_id: str, chunk_index: int, rel_paths: list[str]) -> None:
@@ -95,8 +135,6 @@ def process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) -> 
 
 
 def _process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) -> str:
-    from service.offline import augment_sources
-
     store = get_store()
     job = store.get(job_id, errors_limit=0)
     if job is None:
@@ -106,19 +144,10 @@ def _process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) ->
         return "skipped"
     params = _params(job)
     try:
-        synth = get_synthesizer()
-        store.mark_running(job_id, synth.model_id)
-        results: list[dict] = []
-        # Between groups of sources the cancel flag is read again; a group is one model batch.
-        group = max(1, synth.max_batch // params.variants)
-        for start in range(0, len(rel_paths), group):
-            if store.is_cancelled(job_id):
-                return "cancelled"
-            if start:
-                store.touch(job_id)  # heartbeat: a long chunk is progress, not a stall
-            results += augment_sources(synth, job["input_dir"], job["output_dir"], rel_paths[start:start + group],
-                                       params.variants, params.seed, params.height, params.min_height,
-                                       params.max_height, params.canvas)
+        if params.kind == "embed":
+            results = _embed_chunk(store, job, chunk_index, rel_paths)
+        else:
+            results = _augment_chunk(store, job, params, chunk_index, rel_paths)
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:
@@ -128,12 +157,98 @@ def _process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) ->
         log.exception("chunk %s of job %s failed for good", chunk_index, job_id)
         store.fail(job_id, f"chunk {chunk_index} failed: {type(exc).__name__}: {exc}")
         return "failed"
-    _, chunks_done, chunks_total = store.record_chunk(job_id, chunk_index, results)
+    if results is None:
+        return _stopped(store, job_id)
+    added, chunks_done, chunks_total = store.record_chunk(job_id, chunk_index, results)
+    if added is None:  # purged while this chunk ran
+        return _stopped(store, job_id)
     if chunks_done >= chunks_total:
         # Also when this chunk was already counted (a redelivery after a crash between counting and this
         # line): finalizing is idempotent, and otherwise nobody would.
         finalize_job.apply_async(args=(job_id,), queue=get_settings().queue)
     return "done"
+
+
+def _stopped(store: JobStore, job_id: str) -> str:
+    """A chunk that stopped because its job was cancelled; when the job was purged meanwhile, the files this
+    chunk may have written after the purge are removed too."""
+    if not store.exists(job_id):
+        remove_job_files(get_settings(), job_id)
+        return "purged"
+    return "cancelled"
+
+
+def _progress_counts(results: list[dict]) -> tuple[int, int]:
+    failed = sum(r.get("status") == "failed" for r in results)
+    return len(results) - failed, failed
+
+
+def _augment_chunk(store: JobStore, job: dict, params: JobParams, chunk_index: int,
+                   rel_paths: list[str]) -> list[dict] | None:
+    """The variants of one chunk (None when the job was cancelled meanwhile)."""
+    from service.offline import augment_sources
+
+    job_id = job["job_id"]
+    synth = get_synthesizer()
+    store.mark_running(job_id, synth.model_id)
+    results: list[dict] = []
+    # Between groups of sources the cancel flag is read again and the images done so far are reported
+    # (also a heartbeat: a long chunk is progress, not a stall); a group is one model batch.
+    group = max(1, synth.max_batch // params.variants)
+    for start in range(0, len(rel_paths), group):
+        if store.is_cancelled(job_id):
+            return None
+        results += augment_sources(synth, job["input_dir"], job["output_dir"], rel_paths[start:start + group],
+                                   params.variants, params.seed, params.height, params.min_height,
+                                   params.max_height, params.canvas)
+        if start + group < len(rel_paths):
+            store.report_progress(job_id, chunk_index, *_progress_counts(results))
+    return results
+
+
+def _part_path(output_dir: str | Path, chunk_index: int) -> Path:
+    return Path(output_dir) / PARTS_DIR / f"{chunk_index:06d}.npz"
+
+
+def _embed_chunk(store: JobStore, job: dict, chunk_index: int, rel_paths: list[str]) -> list[dict] | None:
+    """The embeddings of one chunk, written once to its part file; a redelivered chunk reads the part back."""
+    import io
+    import json
+
+    import numpy as np
+
+    from service.offline import embed_sources, write_atomic
+
+    job_id = job["job_id"]
+    part = _part_path(job["output_dir"], chunk_index)
+    embedder = get_embedder()
+    store.mark_running(job_id, embedder.model_id)
+    if part.is_file():
+        with np.load(part) as npz:
+            paths = [str(p) for p in npz["paths"]]
+            failures = [json.loads(f) for f in npz["failures"]]
+        return [{"source": p, "status": "done"} for p in paths] + failures
+    paths: list[str] = []
+    blocks: list[np.ndarray] = []
+    failures = []
+    group = max(1, min(EMBED_GROUP, embedder.max_batch))
+    for start in range(0, len(rel_paths), group):
+        if store.is_cancelled(job_id):
+            return None
+        # (The default alignment, as `lrface embed` without --align: the same faces, the same embeddings.)
+        done, emb, failed = embed_sources(embedder, job["input_dir"], rel_paths[start:start + group], group,
+                                          detector=get_detector())
+        paths += done
+        blocks.append(emb)
+        failures += failed
+        if start + group < len(rel_paths):
+            store.report_progress(job_id, chunk_index, len(paths), len(failures))
+    embeddings = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, paths=np.array(paths, dtype=np.str_), embeddings=embeddings.astype(np.float32),
+             failures=np.array([json.dumps(f) for f in failures], dtype=np.str_))
+    write_atomic(part, buf.getvalue())
+    return [{"source": p, "status": "done"} for p in paths] + failures
 
 
 @app.task(bind=True, name="lrface.finalize_job", acks_late=True, reject_on_worker_lost=True)
@@ -157,17 +272,20 @@ def _finalize_job(self, job_id: str) -> str:
     params = _params(job)
     output_dir = Path(job["output_dir"])
     try:
-        synth = get_synthesizer()
         remove_stray_temps(output_dir)
         write_errors(output_dir, store.failures(job_id))
-        write_manifest(synth, output_dir, store.sources(job_id), *params.synthesis_args())
+        if params.kind == "embed":
+            _join_embeddings(output_dir, job["chunks_total"])
+        else:
+            write_manifest(get_synthesizer(), output_dir, store.sources(job_id), *params.synthesis_args())
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:
         if self.request.retries < get_settings().chunk_max_retries:
             raise _retry(self, exc)
         log.exception("finalizing job %s failed", job_id)
-        store.fail(job_id, f"writing the manifest failed: {type(exc).__name__}: {exc}")
+        store.fail(job_id, f"writing the {'embeddings' if params.kind == 'embed' else 'manifest'} failed: "
+                           f"{type(exc).__name__}: {exc}")
         return "failed"
     if job["done"] == 0 and job["failed"] > 0:
         store.redis.hset(store.key(job_id), "error", "no source could be processed")
@@ -175,6 +293,29 @@ def _finalize_job(self, job_id: str) -> str:
     else:
         store.transition(job_id, "succeeded", ("queued", "running"))
     return "finished"
+
+
+def _join_embeddings(output_dir: Path, chunks_total: int) -> None:
+    """embeddings.npz (and the manifest: one line per row) from the chunks' part files, in chunk order; then
+    the parts go. Idempotent: when the parts are gone, a previous run wrote the file."""
+    import shutil
+
+    from service.offline import EMBEDDINGS_NAME, MANIFEST_NAME, _write_jsonl, write_embeddings_from_parts
+
+    import numpy as np
+
+    parts = [_part_path(output_dir, i) for i in range(chunks_total)]
+    missing = [p.name for p in parts if not p.is_file()]
+    if not missing:
+        paths = write_embeddings_from_parts(output_dir / EMBEDDINGS_NAME, parts)
+    elif (output_dir / EMBEDDINGS_NAME).is_file():
+        # A previous run wrote the whole file (it is renamed into place complete) and was removing the parts.
+        with np.load(output_dir / EMBEDDINGS_NAME) as npz:
+            paths = [str(p) for p in npz["paths"]]
+    else:
+        raise RuntimeError(f"the embeddings of {len(missing)} chunks are missing ({', '.join(missing[:5])})")
+    _write_jsonl(output_dir / MANIFEST_NAME, ({"source": p, "row": i} for i, p in enumerate(paths)))
+    shutil.rmtree(output_dir / PARTS_DIR, ignore_errors=True)
 
 
 # -- the sweeper: chunk tasks the broker lost ----------------------------------------------------------------
@@ -186,6 +327,12 @@ def sweep_once() -> dict:
     interval = sweep_interval(settings)
     if not store.redis.set(f"{settings.key_prefix}sweeper", "1", nx=True, ex=max(1, int(interval))):
         return {}
+    try:
+        purge_expired_jobs(store, settings)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        log.warning("purging expired jobs failed: %s: %s", type(exc).__name__, exc)
     broker = redis_client(settings.broker_url or "redis://127.0.0.1:6379/0", timeout=10.0)
     try:
         return recover_lost_tasks(

@@ -4,6 +4,8 @@ SIGTERM to the API and to a worker, and job inputs that cannot be read.
 What each test shows:
 - 20 SIGKILLs of workers over a seeded schedule: every job still finishes with exactly one output per
   (image, variant) and a manifest that matches the files on disk (no temp file left behind).
+- SIGKILLs of workers during an embedding job: embeddings.npz still has exactly one embedding per face, the
+  same as `lrface embed` gives.
 - Redis (job state + broker, append-only file on) restarted in the middle of a job: the job *completes* once
   Redis is back. Chunk tasks that hit the outage are handed back to the queue (service/tasks.py,
   TRANSIENT_ERRORS), and a message whose worker could not even do that stays unacknowledged in Redis and is
@@ -80,7 +82,8 @@ class Harness:
         self.celery = make_celery(self.settings)
         self.workers = []
 
-    def submit(self, folder: str, variants: int, seed: int, chunk_size: int, lose: tuple[int, ...] = ()) -> str:
+    def submit(self, folder: str, variants: int, seed: int, chunk_size: int, lose: tuple[int, ...] = (),
+               params: JobParams | None = None) -> str:
         """Submit a job; the chunk tasks whose index is in `lose` are never sent (as if the broker lost them)."""
         job_id = new_job_id()
         settings = self.settings.model_copy(update={"chunk_size": chunk_size})
@@ -89,7 +92,7 @@ class Harness:
             if i not in lose:
                 self.celery.send_task("lrface.process_chunk", args=(jid, i, paths), queue=self.queue)
 
-        submit_job(self.store, settings, job_id=job_id, params=JobParams(variants, seed),
+        submit_job(self.store, settings, job_id=job_id, params=params or JobParams(variants, seed),
                    input_dir=self.settings.data_root_path / folder, allowed_root=self.settings.data_root_path,
                    input_label=folder, enqueue=enqueue)
         return job_id
@@ -194,6 +197,58 @@ def test_jobs_survive_twenty_sigkills_at_random_points(harness):
     # Each job was counted as finished exactly once, however often its finalizer ran.
     assert harness.store.stats()["succeeded"] == len(jobs)
     assert mid_job >= KILLS // 2, f"only {mid_job} of {KILLS} kills landed while a job was running"
+
+
+EMBED_KILLS = 4
+EMBED_FACES = 32
+
+
+def test_an_embedding_job_gives_one_embedding_per_face_after_sigkills(harness, embedder_path):
+    """Workers SIGKILLed at seeded random points of an embedding job (mid-read, mid-model-run, mid-write of a
+    chunk's part file, between counting and acknowledging, while joining the parts): the finished job's
+    embeddings.npz has every face exactly once, in `lrface embed`'s order, with its vectors."""
+    from service.offline import main_embed
+
+    rng = random.Random(KILL_SCHEDULE_SEED + 1)
+    folder = harness.tmp / "data" / "faces"
+    sources = make_faces(folder, EMBED_FACES, scale=5)
+    job_id = harness.submit("faces", variants=1, seed=0, chunk_size=2, params=JobParams.embedding())
+
+    def progress() -> int:
+        job = harness.job(job_id)
+        return job["chunks_done"] + (job["state"] in FINISHED)
+
+    mid_job = 0
+    for round_ in range(EMBED_KILLS):
+        if harness.job(job_id)["state"] in FINISHED:
+            break
+        before = progress()
+        worker = harness.worker(f"worker-{round_}")
+        # (a worker's start, loading both models, takes long on a busy machine)
+        wait_for(lambda: progress() > before, 90 + VISIBILITY_TIMEOUT, 0.005, f"worker {round_} to make progress")
+        time.sleep(rng.uniform(0.0, 0.25))
+        worker.kill()  # SIGKILL
+        job = harness.job(job_id)
+        mid_job += job["state"] not in FINISHED and job["chunks_done"] < job["chunks_total"]
+    assert mid_job >= EMBED_KILLS // 2, f"only {mid_job} kills landed while the job was running"
+
+    harness.worker("worker-final")
+    job = harness.wait_finished(job_id, 120 + 2 * VISIBILITY_TIMEOUT)
+    assert job["state"] == "succeeded", job
+    assert (job["total"], job["done"], job["failed"]) == (EMBED_FACES, EMBED_FACES, 0), job
+    assert job["chunks_done"] == job["chunks_total"] == EMBED_FACES // 2
+    output_dir = Path(job["output_dir"])
+    assert sorted(files_under(output_dir)) == ["embeddings.npz", "manifest.jsonl"]  # no part, no temp file
+    with np.load(output_dir / "embeddings.npz") as npz:
+        paths, embeddings = list(npz["paths"]), npz["embeddings"]
+    assert paths == sources  # each face once, in order
+    assert main_embed([str(folder), "--out", str(harness.tmp / "cli.npz"), "--model", str(embedder_path)]) == 0
+    with np.load(harness.tmp / "cli.npz") as npz:
+        assert list(npz["paths"]) == paths
+        np.testing.assert_allclose(embeddings, npz["embeddings"], atol=1e-5)
+    rows = [json.loads(line) for line in (output_dir / "manifest.jsonl").read_text().splitlines()]
+    assert rows == [{"source": p, "row": i} for i, p in enumerate(sources)]
+    assert harness.store.stats()["succeeded"] == 1
 
 
 def test_chunk_tasks_the_broker_lost_are_queued_again(harness):

@@ -148,8 +148,9 @@ def test_web_demo_synthesizes_verifies_and_runs_a_job_with_an_api_key(server, br
             zf.write(path, f"{path.parent.name}/{path.name}")
     browser.find_element(By.ID, "job-archive").send_keys(str(archive))
     browser.find_element(By.ID, "job-run").click()
-    _wait(browser, lambda d: re.search(r": (succeeded|failed|cancelled)\b", _text(d, "job-status")), timeout=180,
-          what="the job")
+    # (the final line, written once the manifest is fetched after the job succeeded)
+    _wait(browser, lambda d: re.search(r": (succeeded, \d+ variants|failed|cancelled)\b", _text(d, "job-status")),
+          timeout=180, what="the job")
     assert "succeeded, 6 variants" in _text(browser, "job-status")
     assert browser.execute_script("const p = document.getElementById('job-progress'); return [p.value, p.max]") == [3, 3]
     assert len(browser.find_elements(By.CSS_SELECTOR, "#job-manifest tbody tr")) == 6

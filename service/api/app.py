@@ -24,7 +24,8 @@ Face models for low-resolution CCTV imagery.
 - **Synthesis** (`/v1/synthesize`): realistic LR variants of an HR face (MR-GAN), for augmenting training sets.
 - **Recognition** (`/v1/embed`, `/v1/verify`): embeddings that bring a sharp photo and a 20-px capture of the same
   person together.
-- **Bulk jobs** (`/v1/jobs`): the synthesis over a whole folder or archive, by Celery workers.
+- **Bulk jobs** (`/v1/jobs`): the synthesis (or the embedding) of every face of a folder, RecordIO dataset or
+  archive, by Celery workers; listed, watched per image, downloaded as one archive, cancelled and purged.
 
 Every error is JSON `{"error": code, "message": text}`. When API keys are configured (`LRFACE_API_KEYS`), every
 endpoint except `/healthz`, `/readyz` and the docs needs `Authorization: Bearer <key>`.
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return store.stats() if store is not None else None
 
     metrics.watch_jobs(job_stats)
+    metrics.watch_job_progress(lambda: services.store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

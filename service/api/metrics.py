@@ -5,7 +5,7 @@ import time
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -51,6 +51,40 @@ class Metrics:
 
     def watch_jobs(self, read_stats: Callable[[], dict[str, int] | None]) -> None:
         self.registry.register(_JobCountCollector(read_stats))
+
+    def watch_job_progress(self, read_store: Callable[[], object | None]) -> None:
+        self.registry.register(_JobProgressCollector(read_store))
+
+
+class _JobProgressCollector:
+    """Images processed by the bulk jobs' workers and job durations, kept in Redis by every worker, read at
+    scrape time (so every API process reports the same totals)."""
+
+    def __init__(self, read_store: Callable[[], object | None]):
+        self._read_store = read_store
+
+    def collect(self):
+        images = CounterMetricFamily("lrface_job_images_processed", "images processed by bulk jobs (all workers)",
+                                     labels=["kind", "status"])
+        durations = HistogramMetricFamily("lrface_job_duration_seconds",
+                                          "bulk jobs from submission to their end, by final state", labels=["state"])
+        try:
+            store = self._read_store()
+            image_stats = store.image_stats() if store is not None else {}
+            duration_stats = store.duration_stats() if store is not None else {}
+        except Exception:
+            image_stats, duration_stats = {}, {}
+        for (kind, status), value in sorted(image_stats.items()):
+            images.add_metric([kind, status], value)
+        for state, entry in sorted(duration_stats.items()):
+            buckets = [(_bound(b), n) for b, n in sorted(entry["buckets"].items())] + [("+Inf", entry["count"])]
+            durations.add_metric([state], buckets, entry["sum"])
+        yield images
+        yield durations
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 class MetricsMiddleware:
