@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
+    torch.manual_seed(cfg.seed)  # the gate's and heads' initial weights
     # model: Model_LR starts as the teacher; the gate and the head are new
     lr_branch = DlibFaceModel.from_dat()
     gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
