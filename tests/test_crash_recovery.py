@@ -3,7 +3,8 @@
 The visibility timeout (1 h) and the stall sweeper (300 s) keep their defaults here, so a job that finishes soon
 after the restart shows that `lrface serve` handed out again, at once, the chunk its dead worker held
 (service.server.recover_embedded_jobs): with the whole process group SIGKILLed, with only the main process
-SIGKILLed (its children follow it), and with only the embedded worker SIGKILLed (its supervisor restarts it).
+SIGKILLed (its children follow it), with only the embedded worker SIGKILLed (its supervisor restarts it), and
+with the process group SIGTERMed (a clean stop, the job goes on after the restart).
 Each time: exactly one output per (image, variant), a manifest that matches the disk, no temp file.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _job(server, job_id: str) -> dict:
     return httpx.get(f"{server.base_url}/v1/jobs/{job_id}", timeout=10).json()
 
 
-@pytest.mark.parametrize("crash", ["group-sigkill", "main-sigkill", "worker-sigkill"])
+@pytest.mark.parametrize("crash", ["group-sigkill", "main-sigkill", "worker-sigkill", "group-sigterm"])
 def test_a_job_interrupted_by_a_crash_finishes_after_a_restart(tmp_path, mrgan_path, embedder_path, crash):
     env = service_env(tmp_path, mrgan_path, embedder_path, LRFACE_CHUNK_SIZE=CHUNK)
     sources = make_faces(tmp_path / "data" / "faces", FACES, scale=2)
@@ -54,8 +55,8 @@ def test_a_job_interrupted_by_a_crash_finishes_after_a_restart(tmp_path, mrgan_p
                        "the job to get going")
         assert job["state"] == "running" and job["counts"]["done"] < FACES, job
         children = child_pids(server.proc.pid)
-        if crash == "group-sigkill":
-            os.killpg(server.proc.pid, signal.SIGKILL)
+        if crash.startswith("group-"):
+            os.killpg(server.proc.pid, signal.SIGKILL if crash == "group-sigkill" else signal.SIGTERM)
         elif crash == "main-sigkill":
             server.proc.send_signal(signal.SIGKILL)
         else:
@@ -63,7 +64,7 @@ def test_a_job_interrupted_by_a_crash_finishes_after_a_restart(tmp_path, mrgan_p
             assert len(worker) == 1, [_cmdline(pid) for pid in children]
             os.kill(worker[0], signal.SIGKILL)
         if crash != "worker-sigkill":
-            server.proc.wait(10)
+            server.proc.wait(40)
             wait_for(lambda: all(_gone(pid) for pid in children), 30, 0.1, "the old children to exit")
             server.stop()
             server = serve(env, tmp_path, new_session=True)
