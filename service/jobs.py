@@ -22,6 +22,7 @@ Nothing here holds pixels: tasks get (job id, chunk index, relative paths) and r
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -552,14 +553,14 @@ def resolve_input_dir(data_root: Path, relative: str) -> Path:
         raise JobInputError(400, "invalid_path", "input_dir must not contain '..'")
     root = data_root.resolve()
     try:
-        target = (root / Path(*[p for p in parts if p not in ("", ".")] or ["."])).resolve()
+        target = _resolve(root / Path(*[p for p in parts if p not in ("", ".")] or ["."]))
         if not _is_within(target, root):
             raise JobInputError(403, "forbidden_path", "input_dir resolves outside the data root")
         is_dir = target.is_dir()
         is_rec = not is_dir and recordio.is_recordio(target)
         if is_rec:  # its index is read too: it must not lead outside the root either
             idx = recordio.index_path(target)
-            if idx.exists() and not _is_within(idx.resolve(), root):
+            if idx.exists() and not _is_within(_resolve(idx), root):
                 raise JobInputError(403, "forbidden_path", "the .idx beside the .rec resolves outside the data root")
     except OSError as exc:  # a name too long, a loop of links, ...: not a folder we can use
         raise JobInputError(400, "invalid_path", f"input_dir cannot be used: {exc.strerror or exc}") from None
@@ -567,6 +568,14 @@ def resolve_input_dir(data_root: Path, relative: str) -> Path:
         raise JobInputError(400, "input_not_found",
                             f"input_dir {text[:200]!r} is not a folder or a .rec file under the data root")
     return target
+
+
+def _resolve(path: Path) -> Path:
+    """`path.resolve()`, with a loop of links an OSError (Python before 3.13 raises RuntimeError for it)."""
+    try:
+        return path.resolve()
+    except RuntimeError:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -607,10 +616,16 @@ def plan_job_sources(input_dir: Path, output_dir: Path, allowed_root: Path,
     root = allowed_root.resolve()
     sources = []
     for rel in planned:
+        try:
+            resolved = _resolve(input_dir / rel)
+        except OSError as exc:
+            failures.append({"source": rel, "status": "failed", "reason": "unreadable",
+                             "message": f"the file cannot be read: {exc.strerror or type(exc).__name__}"})
+            continue
         if not _is_utf8(rel):
             failures.append({"source": display_name(rel), "status": "failed", "reason": "bad_name",
                              "message": "the file name is not valid UTF-8"})
-        elif _is_within((input_dir / rel).resolve(), root):
+        elif _is_within(resolved, root):
             sources.append(rel)
         else:
             failures.append({"source": rel, "status": "failed", "reason": "outside_root",

@@ -18,6 +18,8 @@ every file is written to a temp name and renamed.
 from __future__ import annotations
 
 import argparse
+import errno
+import hashlib
 import io
 import json
 import os
@@ -68,11 +70,18 @@ def output_path(rel_path: str, k: int) -> str:
     return f"{stem}_{k}.png"
 
 
+def _temp_name(name: str) -> str:
+    """A short temp name for `name` in the same folder: a digest, not the name itself, so that a name near the
+    file-system limit (255 bytes) still has a temp name; unique per process and thread."""
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to a temp file in the same folder and rename it over `path` (readers never see half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp = path.parent / _temp_name(path.name)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -163,6 +172,13 @@ def default_detector(providers: list[str] | None = None, threads: int | None = N
         return FaceDetector(providers=providers, threads=threads)
 
     return LazyDetector(make)
+
+
+def _write_failure(rel_path: str, exc: OSError) -> dict:
+    # strerror, not str(exc): that would carry the server's absolute path (and an over-long name twice).
+    reason = "name_too_long" if exc.errno == errno.ENAMETOOLONG else "write_failed"
+    return {"source": rel_path, "status": "failed", "reason": reason,
+            "message": f"its output could not be written: {exc.strerror or type(exc).__name__}"}
 
 
 def _failure(rel_path: str, exc: Exception) -> dict:
@@ -261,7 +277,8 @@ def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir
     pending = []
     for rel in rel_paths:
         outputs = [output_path(rel, k) for k in range(variants)]
-        if all((output_dir / o).is_file() for o in outputs):
+        # (os.path.isfile: False, not an error, for a name too long to exist)
+        if all(os.path.isfile(output_dir / o) for o in outputs):
             results[rel] = {"source": rel, "status": "skipped", "outputs": outputs}
             if progress:
                 progress(1)
@@ -282,12 +299,16 @@ def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir
                                 min_height=min_height, max_height=max_height, canvas=canvas) if faces else []
         for rel, rel_variants in zip(keys, made):
             outputs = []
-            for v in rel_variants:
-                out = output_path(rel, v.k)
-                if not (output_dir / out).is_file():
-                    write_atomic(output_dir / out, encode_png(v.image))
-                outputs.append(out)
-            results[rel] = {"source": rel, "status": "done", "outputs": outputs}
+            try:
+                for v in rel_variants:
+                    out = output_path(rel, v.k)
+                    if not os.path.isfile(output_dir / out):
+                        write_atomic(output_dir / out, encode_png(v.image))
+                    outputs.append(out)
+            except OSError as exc:  # this source's outputs cannot be written (a name too long, ...): the run goes on
+                results[rel] = _write_failure(rel, exc)
+            else:
+                results[rel] = {"source": rel, "status": "done", "outputs": outputs}
             if progress:
                 progress(1)
     return [results[rel] for rel in rel_paths]
@@ -306,7 +327,7 @@ def manifest_rows(synth: Synthesizer, output_dir: str | os.PathLike, rel_paths: 
     for rel in sorted(rel_paths):
         for k in range(variants):
             out = output_path(rel, k)
-            if not (output_dir / out).is_file():
+            if not os.path.isfile(output_dir / out):
                 continue
             h = int(height) if height is not None else synth.variant_params(rel, seed, k, None, min_height, max_height)[0]
             rows.append({"source": rel, "output": out, "k": k, "seed": int(seed), "height": h,
@@ -401,7 +422,7 @@ def write_embeddings_from_parts(out: str | os.PathLike, parts: list[Path]) -> li
             rows += shape[0]
             dim = shape[1] if dim is None else dim
     out = Path(out)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp = out.parent / _temp_name(out.name)
     try:
         # np.savez's own layout: an uncompressed zip of paths.npy and embeddings.npy.
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:

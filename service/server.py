@@ -4,6 +4,8 @@ Embedded mode needs nothing installed beyond the package: the `redis-server` bin
 wheel. It runs as a child process on a free localhost port with a random password, its data under
 `LRFACE_STATE_DIR/redis` with the append-only file on, so queued tasks and job state survive a restart of
 `lrface serve`. Children are stopped on SIGINT / SIGTERM, and die with the parent if it is killed outright.
+Whenever the embedded worker (re)starts, the work a dead worker held is handed out again at once
+(`recover_embedded_jobs`), so a job interrupted by a crash finishes after a restart.
 """
 from __future__ import annotations
 
@@ -120,16 +122,71 @@ def worker_command(concurrency: int, loglevel: str, queue: str, name: str) -> li
     ]
 
 
-class WorkerSupervisor:
-    """Runs the in-machine Celery worker as a child and restarts it if it dies while serving."""
+def restore_unacked_tasks(broker_url: str) -> int:
+    """Put every task the broker holds as unacknowledged back on its queue, at once; returns how many.
 
-    def __init__(self, cmd: list[str], env: dict):
+    Only for a broker no live worker uses (the embedded one, before its worker is (re)started): the tasks that a
+    dead worker held would otherwise come back only after the visibility timeout (an hour by default). kombu's
+    own restore (one transaction per task) puts each back where the worker took it from, marked redelivered.
+    """
+    from kombu import Connection
+
+    with Connection(broker_url) as conn:
+        qos = conn.default_channel.qos
+        with conn.default_channel.conn_or_acquire() as client:
+            client.delete(qos.unacked_mutex_key)  # a lock the dead worker may have held for its own sweeps
+            tags = client.hkeys(qos.unacked_key)
+            for tag in tags:
+                qos.restore_by_tag(tag, client)
+    return len(tags)
+
+
+def recover_embedded_jobs(settings) -> None:
+    """Hand out again, at once, all work of the embedded broker that no live worker holds.
+
+    Called by `lrface serve` (embedded mode) on start and before each restart of its worker, when no worker of
+    that broker is alive: tasks held unacknowledged by the dead worker go back on the queue, and the chunks of
+    unfinished jobs that are neither done nor anywhere in the broker (a task taken off the queue but not yet
+    recorded, the last second of writes lost with the append-only file) are queued again. Every task is
+    idempotent, so one handed out twice by a race costs time, never correctness.
+    """
+    from service import tasks
+    from service.jobs import JobStore, recover_lost_tasks, redis_client
+
+    try:
+        restored = restore_unacked_tasks(settings.broker_url)
+        if restored:
+            log.warning("handed out again %d task(s) a stopped worker had taken", restored)
+        store = JobStore.from_settings(settings)
+        broker = redis_client(settings.broker_url, timeout=10.0)
+        try:
+            recover_lost_tasks(store, broker, settings.model_copy(update={"job_stall_timeout": 0}),
+                               enqueue_chunk=tasks.enqueue_chunk,
+                               enqueue_finalize=lambda job_id: tasks.finalize_job.apply_async(
+                                   args=(job_id,), queue=settings.queue))
+        finally:
+            broker.close()
+            store.redis.close()
+    except Exception as exc:  # the periodic sweeps (visibility timeout, stall sweeper) still recover it later
+        log.warning("recovering interrupted jobs failed: %s: %s", type(exc).__name__, exc)
+
+
+class WorkerSupervisor:
+    """Runs the in-machine Celery worker as a child and restarts it if it dies while serving.
+
+    `before_start` runs before each start (the first one too) while no worker is alive: the embedded broker's
+    crash recovery.
+    """
+
+    def __init__(self, cmd: list[str], env: dict, before_start=None):
         self.cmd, self.env = cmd, env
+        self.before_start = before_start or (lambda: None)
         self.proc: subprocess.Popen | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def start(self) -> None:
+        self.before_start()
         self.proc = _spawn(self.cmd, self.env)
         self._thread.start()
 
@@ -137,7 +194,9 @@ class WorkerSupervisor:
         while not self._stopping.wait(1.0):
             if self.proc is not None and self.proc.poll() is not None:
                 log.warning("the embedded worker exited with %s; restarting it", self.proc.returncode)
-                self.proc = _spawn(self.cmd, self.env)
+                self.before_start()
+                if not self._stopping.is_set():
+                    self.proc = _spawn(self.cmd, self.env)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -225,8 +284,11 @@ def main_serve(argv: list[str] | None = None) -> int:
             settings = get_settings()
         if n_workers > 0:
             env = dict(os.environ)
+            # The embedded broker has no other worker: whatever it holds unacknowledged when ours (re)starts was
+            # taken by one that died (a crash of `lrface serve`, or of the worker alone) and is handed out again.
+            recover = (lambda s=settings: recover_embedded_jobs(s)) if embedded else None
             worker = WorkerSupervisor(worker_command(n_workers, settings.log_level, settings.queue,
-                                                     f"lrface-serve-{os.getpid()}@%h"), env)
+                                                     f"lrface-serve-{os.getpid()}@%h"), env, before_start=recover)
             worker.start()
         import uvicorn
 

@@ -95,10 +95,12 @@ def service_env(tmp: Path, mrgan_path: Path, embedder_path: Path, **overrides) -
 class Process:
     """A child process whose output goes to a log file (printed when a test needs it)."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path):
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, new_session: bool = False):
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        # new_session: a process group of its own (with its children), so a test can SIGKILL the whole group.
+        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=new_session)
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -129,8 +131,9 @@ class Process:
 class Server(Process):
     """`lrface serve` (or any command serving HTTP on `port`), ready once /healthz answers."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], port: int, log_path: Path, timeout: float = 90.0):
-        super().__init__(cmd, env, log_path)
+    def __init__(self, cmd: list[str], env: dict[str, str], port: int, log_path: Path, timeout: float = 90.0,
+                 new_session: bool = False):
+        super().__init__(cmd, env, log_path, new_session)
         self.base_url = f"http://127.0.0.1:{port}"
 
         def up():
@@ -151,10 +154,10 @@ class Server(Process):
         return httpx.Client(base_url=self.base_url, timeout=60.0, **kw)
 
 
-def serve(env: dict[str, str], tmp: Path, *args: str) -> Server:
+def serve(env: dict[str, str], tmp: Path, *args: str, new_session: bool = False) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
-    return Server(cmd, env, port, tmp / f"serve-{port}.log")
+    return Server(cmd, env, port, tmp / f"serve-{port}.log", new_session=new_session)
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> Process:

@@ -569,3 +569,24 @@ def test_a_job_lists_its_unusable_files_and_processes_the_rest(harness):
     assert {r["source"]: r["reason"] for r in rows} == expected
     (output_dir / "errors.jsonl").unlink()  # (check_job_outputs allows only outputs and the manifest)
     check_job_outputs(output_dir, good, variants=2, seed=8)
+
+
+def test_a_file_name_too_long_for_its_output_fails_alone(harness):
+    """A 230-byte name (whose output fits the 255-byte limit; its temp name once did not) is processed; a 254-byte
+    one (whose output name would be too long) is listed as a failure with its reason, and the job goes on."""
+    data = harness.tmp / "data"
+    good = make_faces(data / "long", 3)
+    fits, too_long = "b" * 226 + ".png", "a" * 250 + ".png"
+    for name in (fits, too_long):
+        shutil.copy(data / "long" / good[0], data / "long" / name)
+    job_id = harness.submit("long", variants=2, seed=4, chunk_size=2)
+    harness.worker("worker")
+    job = harness.wait_finished(job_id, 60)
+    assert job["state"] == "succeeded", job
+    assert (job["total"], job["done"], job["failed"]) == (5, 4, 1), job
+    assert [(e["source"], e["reason"]) for e in job["errors"]] == [(too_long, "name_too_long")]
+    assert str(harness.tmp) not in job["errors"][0]["message"]
+    output_dir = Path(job["output_dir"])
+    (output_dir / "errors.jsonl").unlink()
+    assert not _temp_files(output_dir)
+    check_job_outputs(output_dir, sorted(good + [fits]), variants=2, seed=4)

@@ -2,7 +2,7 @@
 correctly (processed as it should be); none gives a 5xx or hangs (every request has a 30 s client timeout, and
 the server's body timeouts are 2 s here).
 
-The catalogue: 52 test ids in tests/test_api_errors.py (A) plus 87 new ones here (H), 139 in all, one test id
+The catalogue: 52 test ids in tests/test_api_errors.py (A) plus 91 new ones here (H), 143 in all, one test id
 per case (a few ids of A check two or three variants of their case).
 
 | area | case | expected | file |
@@ -57,6 +57,8 @@ per case (a few ids of A check two or three variants of their case).
 | archive | unicode member names | 202 | H |
 | archive | 300-char member name, non-UTF-8 tar name, file/folder overlap, duplicate members, link then file below it | 400 | H |
 | http | TRACE, job id of 10 000 chars | 405, 404 | H |
+| jobs | input_dir that is a loop of links; a loop of links inside the folder | 400 invalid_path; 202, listed as unreadable | H |
+| body | client gone mid-body (/v1/jobs, /v1/embed) | 499 in the access log and metrics, no 500, no traceback | H |
 """
 from __future__ import annotations
 
@@ -85,6 +87,7 @@ from service_helpers import (
     serve,
     service_env,
     unique_namespace,
+    wait_for,
 )
 
 MAX_UPLOAD = 2 * 1024 * 1024
@@ -552,3 +555,53 @@ def test_trace_is_not_allowed(http):
 
 def test_a_job_id_of_10000_chars(http):
     _error(http.get("/v1/jobs/" + "a" * 10_000), 404, "job_not_found")
+
+
+# -- links and disconnects -------------------------------------------------------------------------------------
+
+def test_a_loop_of_links_as_input_dir_is_a_4xx_and_the_connection_goes_on(http, server):
+    loop = server.tmp / "data" / "loop"
+    loop.symlink_to(loop)  # a link to itself: resolving it never ends
+    _error(http.post("/v1/jobs", json={"input_dir": "loop", "variants": 1}), 400, "invalid_path")
+    assert http.get("/healthz").status_code == 200  # the same keep-alive connection still serves
+
+
+def test_a_loop_of_links_inside_a_folder_is_a_failed_file(http, server):
+    folder = server.tmp / "data" / "loopy"
+    make_faces(folder, 1)
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    r = http.post("/v1/jobs", json={"input_dir": "loopy", "variants": 1})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert [(e["source"], e["reason"]) for e in job["errors"]] == [("loop.png", "unreadable")]
+    assert http.delete(f"/v1/jobs/{job['job_id']}").status_code == 200
+
+
+def _statuses(http, route: str) -> dict[str, float]:
+    found = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("lrface_http_requests_total{") and f'route="{route}"' in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            found[status] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+@pytest.mark.parametrize("path, content_type, length", [
+    ("/v1/jobs", "multipart/form-data; boundary=b", 1_000_000),
+    ("/v1/embed", "multipart/form-data; boundary=b", 2000),
+])
+def test_a_client_leaving_mid_body_is_no_server_error(http, server, path, content_type, length):
+    before = _statuses(http, path).get("499", 0)
+    log_start = server.log_path.stat().st_size
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                     f"Content-Length: {length}\r\n\r\n".encode()
+                     + b'--b\r\nContent-Disposition: form-data; name="archive"; filename="a.zip"\r\n\r\nPK')
+        time.sleep(0.3)  # (the server is reading the body when the client goes)
+    wait_for(lambda: _statuses(http, path).get("499", 0) > before, 10, 0.1, "the disconnect to be recorded")
+    assert "500" not in _statuses(http, path)
+    with open(server.log_path, "rb") as f:
+        f.seek(log_start)
+        log = f.read().decode(errors="replace")
+    assert "Traceback" not in log and "unhandled error" not in log, log[-2000:]

@@ -93,6 +93,24 @@ def test_unreadable_file_is_reported_and_not_fatal(input_dir, tmp_path, mrgan_pa
     assert len(read_jsonl(out / "manifest.jsonl")) == 6
 
 
+def test_long_file_names_are_written_or_failed_one_by_one(input_dir, tmp_path, mrgan_path):
+    """A 230-byte name (its output fits the 255-byte limit, its temp file once did not) is written; a 254-byte
+    one, whose output name would be too long, is a failure of that file alone, and the run goes on."""
+    face = (input_dir / "Aaron_Sorkin").glob("*.jpg").__next__()
+    fits, too_long = "b" * 226 + ".jpg", "a" * 250 + ".jpg"
+    shutil.copy(face, input_dir / fits)
+    shutil.copy(face, input_dir / too_long)
+    out = tmp_path / "out"
+    proc = lrface("augment", input_dir, out, "--variants", 2, "--model", mrgan_path)
+    assert "7 done, 0 skipped, 1 failed" in proc.stdout
+    errors = read_jsonl(out / "errors.jsonl")
+    assert [(e["source"], e["reason"]) for e in errors] == [(too_long, "name_too_long")]
+    assert str(tmp_path) not in errors[0]["message"]
+    rows = read_jsonl(out / "manifest.jsonl")
+    assert len(rows) == 14 and {r["output"] for r in rows if r["source"] == fits} == {"b" * 226 + "_0.png", "b" * 226 + "_1.png"}
+    assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
 def test_output_folder_inside_the_input_folder_is_not_walked(input_dir, mrgan_path):
     out = input_dir / "variants"
     lrface("augment", input_dir, out, "--variants", 1, "--model", mrgan_path)
