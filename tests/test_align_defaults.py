@@ -15,18 +15,7 @@ import pytest
 from PIL import Image
 
 from service.detect import choose_align, looks_aligned
-from service_helpers import (
-    FIXTURES,
-    HR_FACES,
-    RAW_PHOTOS,
-    TEST_REDIS_URL,
-    forget_namespace,
-    png_bytes,
-    redis_or_skip,
-    serve,
-    service_env,
-    unique_namespace,
-)
+from service_helpers import FIXTURES, HR_FACES, RAW_PHOTOS, png_bytes, served_on_test_redis
 
 LR_CAPTURES = sorted((FIXTURES / "lr").glob("*/*"))
 BLANK_LANDSCAPE = png_bytes(np.full((200, 300, 3), 128, np.uint8))  # a photo with no face in it
@@ -34,16 +23,8 @@ BLANK_LANDSCAPE = png_bytes(np.full((200, 300, 3), 128, np.uint8))  # a photo wi
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, mrgan_path, embedder_path):
-    client = redis_or_skip()
-    prefix, queue = unique_namespace()
-    tmp = tmp_path_factory.mktemp("align")
-    env = service_env(tmp, mrgan_path, embedder_path, LRFACE_BROKER_URL=TEST_REDIS_URL, LRFACE_KEY_PREFIX=prefix,
-                      LRFACE_QUEUE=queue)
-    srv = serve(env, tmp)
-    srv.tmp = tmp
-    yield srv
-    srv.stop()
-    forget_namespace(client, prefix, queue)
+    with served_on_test_redis(tmp_path_factory.mktemp("align"), mrgan_path, embedder_path) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
