@@ -121,3 +121,26 @@ def test_centred_teacher_export_and_its_twin(bundle, tmp_path):
     (emb,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"face": x})
     with torch.inference_mode():
         np.testing.assert_allclose(twin(torch.from_numpy(x)).numpy(), emb, atol=1e-5)
+
+
+def test_mixed_lr_kinds_draw_each_kind_and_train(bundle, tmp_path):
+    root, _ = bundle
+    data = adapt_data.load(root / "data")
+    kinds = ("handmade", "mrgan", "bicubic")
+    mixed = train_adapt.MixedLR([data[f"lr_{k}"] for k in kinds], [data[f"teacher_{k}"] for k in kinds], (2, 1, 1))
+    kind_of = mixed.draw(400, torch.Generator().manual_seed(0))
+    counts = np.bincount(kind_of, minlength=3)
+    assert counts.sum() == 400 and counts[0] > counts[1] > 0 and counts[2] > 0
+    sel = np.array([0, 1, 2, 3, 4, 5, 6])
+    kind_of = np.array([0, 1, 2, 0, 1, 2, 0])
+    got = mixed.teacher(sel, kind_of)
+    for i, (s, k) in enumerate(zip(sel, kind_of)):  # each face's LR version and teacher feature come from its kind
+        np.testing.assert_array_equal(got[i], data[f"teacher_{kinds[k]}"][s])
+        np.testing.assert_array_equal(mixed.images(sel, kind_of)[i], data[f"lr_{kinds[k]}"][s])
+    # one kind: no draw (single-kind runs keep their batches)
+    assert train_adapt.MixedLR([data["lr_mrgan"]], [data["teacher_mrgan"]]).draw(4, torch.Generator()) is None
+
+    out = tmp_path / "mix"
+    assert train_adapt.main(["--config", "adapt_full_mix", "--data", str(root / "data"), "--out", str(out),
+                             "--threads", "1", "--batch-size", "4", "--steps", "2"]) == 0
+    assert list(load_checkpoint(out / "last.pt", "adapt")["config"]["lr_kinds"]) == list(kinds)

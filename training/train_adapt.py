@@ -157,13 +157,46 @@ def export_teacher(out_path, center: np.ndarray | None = None) -> Path:
     return export_embedding_module(net.eval(), DIM, out_path, "dlib_resnet_v1-chipwarp-centred", 0.5)
 
 
-def warm_up_discriminator(gate: CentredGate, pool: np.ndarray, t_hr, t_lr, cfg: AdaptConfig, device) -> None:
+class MixedLR:
+    """The LR versions a batch draws from: one kind (`lr_kind`), or several (`lr_kinds`), each LR face of a batch
+    taking one kind at random (`weights`, default equal). Arrays stay memory-mapped; reads go in index order."""
+
+    def __init__(self, images: list, teacher: list, weights=()):
+        self.images_by_kind, self.teacher_by_kind = images, teacher
+        w = np.asarray(weights if len(weights) else [1.0] * len(images), np.float64)
+        self.probs = torch.from_numpy(w / w.sum())
+
+    def draw(self, n: int, gen: torch.Generator) -> np.ndarray | None:
+        if len(self.images_by_kind) == 1:  # one kind: no draw, so single-kind runs keep their batches
+            return None
+        return torch.multinomial(self.probs, n, replacement=True, generator=gen).numpy()
+
+    def _gather(self, arrays: list, sel: np.ndarray, kind_of: np.ndarray | None) -> np.ndarray:
+        if kind_of is None:
+            return np.asarray(arrays[0][sel])
+        out = np.empty((len(sel),) + arrays[0].shape[1:], arrays[0].dtype)
+        for k, a in enumerate(arrays):
+            m = kind_of == k
+            if m.any():
+                out[m] = a[sel[m]]
+        return out
+
+    def images(self, sel: np.ndarray, kind_of: np.ndarray | None) -> np.ndarray:
+        return self._gather(self.images_by_kind, sel, kind_of)
+
+    def teacher(self, sel: np.ndarray, kind_of: np.ndarray | None) -> np.ndarray:
+        return self._gather(self.teacher_by_kind, sel, kind_of)
+
+
+def warm_up_discriminator(gate: CentredGate, pool: np.ndarray, t_hr, lr_sets: MixedLR, cfg: AdaptConfig,
+                          device) -> None:
     """D_LR alone on the cached teacher features (HR faces 0, LR faces 1) before the adaption starts, so that the
     gate tells resolutions apart from the first update (HR faces then pass nearly untouched)."""
     opt = torch.optim.Adam(gate.discriminator.parameters(), lr=cfg.d_warmup_lr)
     for i in range(cfg.d_warmup_steps):
         sel = np.sort(pool[torch.randint(len(pool), (256,), generator=step_generator(cfg.seed, 11, i)).numpy()])
-        x = torch.from_numpy(np.concatenate([t_hr[sel], t_lr[sel]])).to(device) - gate.center
+        kind_of = lr_sets.draw(len(sel), step_generator(cfg.seed, 12, i))
+        x = torch.from_numpy(np.concatenate([t_hr[sel], lr_sets.teacher(sel, kind_of)])).to(device) - gate.center
         y = torch.cat([torch.zeros(len(sel), 1), torch.ones(len(sel), 1)]).to(device)
         loss = F.binary_cross_entropy_with_logits(gate.discriminator(x), y)
         opt.zero_grad(set_to_none=True)
@@ -234,16 +267,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AdaptConfig(**ckpt["config"]) if ckpt else load_typed_config(args.config, AdaptConfig, "train-adapt", "an")
     cfg = dataclasses.replace(cfg, **{k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
                                                           "seed": args.seed}.items() if v is not None})
-    if cfg.lr_kind not in LR_KINDS:
-        raise SystemExit(f"train-adapt: lr_kind must be one of {', '.join(LR_KINDS)}, not {cfg.lr_kind!r}")
+    kinds = tuple(cfg.lr_kinds) or (cfg.lr_kind,)
+    for kind in kinds:
+        if kind not in LR_KINDS:
+            raise SystemExit(f"train-adapt: LR kinds must be among {', '.join(LR_KINDS)}, not {kind!r}")
+    if cfg.lr_kinds and len(cfg.lr_kind_weights) not in (0, len(kinds)):
+        raise SystemExit("train-adapt: lr_kind_weights needs one weight per entry of lr_kinds")
 
     # data: every array stays memory-mapped; a batch is gathered by index
     data = load_bundle(args.data)
     labels_all = np.array(data["labels"])
     pool = np.arange(len(labels_all)) if cfg.use_unlabeled else np.flatnonzero(labels_all >= 0)
     identities = data["meta"]["identities"]
-    hr_images, lr_images = data["hr"], data[f"lr_{cfg.lr_kind}"]
-    t_hr, t_lr = data["teacher_hr"], data[f"teacher_{cfg.lr_kind}"]
+    hr_images, t_hr = data["hr"], data["teacher_hr"]
+    lr_sets = MixedLR([data[f"lr_{k}"] for k in kinds], [data[f"teacher_{k}"] for k in kinds],
+                      cfg.lr_kind_weights if cfg.lr_kinds else ())
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -298,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = cfg.batch_size
     n_hr = int(round(batch * cfg.hr_fraction)) if cfg.gate else 0
     print(f"train-adapt: config {cfg.name}: {len(pool)} sources ({len(identities)} identities), LR faces "
-          f"'{cfg.lr_kind}', gate {'on' if cfg.gate else 'off'}, feature weight {cfg.feature_weight}, "
+          f"'{'+'.join(kinds)}', gate {'on' if cfg.gate else 'off'}, feature weight {cfg.feature_weight}, "
           f"batch {batch} ({n_hr} HR), {cfg.steps} steps; Model_LR {count_macs() / 1e6:.0f} M multiply-adds a face; "
           + (f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device))
           + (f"; resumed at step {step}" if ckpt else ""), flush=True)
@@ -334,14 +372,15 @@ def main(argv: list[str] | None = None) -> int:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
     start_step, stop_reason = step, None
     if cfg.gate and step == 0 and cfg.d_warmup_steps:
-        warm_up_discriminator(gate, pool, t_hr, t_lr, cfg, device)
+        warm_up_discriminator(gate, pool, t_hr, lr_sets, cfg, device)
     try:
         while step < cfg.steps:
             rng = step_generator(cfg.seed, 7, step)
             idx = pool[torch.randint(len(pool), (batch,), generator=rng).numpy()]
             order = np.argsort(idx[n_hr:])  # sorted reads from the memory maps; order inside a batch is free
             idx = np.concatenate([idx[:n_hr], idx[n_hr:][order]])
-            pixels = np.concatenate([hr_images[idx[:n_hr]], lr_images[idx[n_hr:]]])
+            kind_of = lr_sets.draw(batch - n_hr, rng)
+            pixels = np.concatenate([hr_images[idx[:n_hr]], lr_sets.images(idx[n_hr:], kind_of)])
             x = tensor(pixels).permute(0, 3, 1, 2).float() / 255.0
             if cfg.photometric > 0:  # LR inputs only
                 x[n_hr:] = photometric(x[n_hr:], cfg.photometric, rng)
@@ -354,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
             f_lr = lr_branch(x)
             if cfg.gate:
-                f_hr = tensor(np.concatenate([t_hr[idx[:n_hr]], t_lr[idx[n_hr:]]]))
+                f_hr = tensor(np.concatenate([t_hr[idx[:n_hr]], lr_sets.teacher(idx[n_hr:], kind_of)]))
                 # D_LR's parameters take part in the forward pass only when the task losses also train the gate
                 gate.discriminator.requires_grad_(cfg.gate_task_weight > 0)
                 parts = gate(f_hr, f_lr)
@@ -405,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.gate:  # D_LR: teacher features of HR faces -> 0, of LR faces -> 1, fused LR features -> 1
                 gate.discriminator.requires_grad_(True)
                 sel = idx[n_hr:]
-                d_in = torch.cat([tensor(t_hr[sel]), tensor(t_lr[sel]), fused[n_hr:].detach()]) - gate.center
+                d_in = torch.cat([tensor(t_hr[sel]), tensor(lr_sets.teacher(sel, kind_of)),
+                                  fused[n_hr:].detach()]) - gate.center
                 logits = gate.discriminator(d_in)
                 m = len(sel)
                 loss_d = (F.binary_cross_entropy_with_logits(logits[:m], zeros[:m])

@@ -14,6 +14,10 @@ class AdaptConfig:
     name: str = "adapt_full"
     gate: bool = True  # False: the embedding is Model_LR's feature alone (the "Model_LR on X" rows)
     lr_kind: str = "mrgan"  # LR training faces: mrgan | bicubic | handmade (training.adapt_data.LR_KINDS)
+    # several kinds at once: each LR face of a batch is drawn from one of `lr_kinds` with probabilities
+    # `lr_kind_weights` (empty = `lr_kind` alone); every source then has one LR version of each kind to offer
+    lr_kinds: tuple[str, ...] = ()
+    lr_kind_weights: tuple[float, ...] = ()
     use_unlabeled: bool = True  # also train on unlabeled-hr sources (feature supervision only)
     photometric: float = 1.0  # strength of camera-like colour changes on LR inputs (train_adapt.photometric); 0 = off
     hr_fraction: float = 0.25  # share of each batch that is an HR face (gate runs: HR inputs must stay put)
