@@ -144,3 +144,26 @@ def test_mixed_lr_kinds_draw_each_kind_and_train(bundle, tmp_path):
     assert train_adapt.main(["--config", "adapt_full_mix", "--data", str(root / "data"), "--out", str(out),
                              "--threads", "1", "--batch-size", "4", "--steps", "2"]) == 0
     assert list(load_checkpoint(out / "last.pt", "adapt")["config"]["lr_kinds"]) == list(kinds)
+
+
+def test_flip_average_export_is_the_mean_of_face_and_mirror(tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(train_adapt.AdaptConfig(), flip_average=True)
+    net = train_adapt.build_embedder(cfg)
+    assert isinstance(net, train_adapt.FlipAverage)
+    x = torch.from_numpy(np.random.default_rng(2).uniform(-1, 1, (3, 3, 112, 96)).astype(np.float32))
+    with torch.inference_mode():
+        one = torch.nn.functional.normalize(net.net(x), dim=1)
+        mirrored = torch.nn.functional.normalize(net.net(torch.flip(x, dims=[3])), dim=1)
+        expected = torch.nn.functional.normalize(one + mirrored, dim=1).numpy()
+        # a face and its mirror image get the same embedding
+        np.testing.assert_allclose(net(x).numpy(), net(torch.flip(x, dims=[3])).numpy(), atol=1e-5)
+    path = tmp_path / "flip.onnx"
+    from training.train_embedder import export_embedding_module
+
+    export_embedding_module(net, 128, path, "flip-test", 0.5)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3):  # the mirror batch follows the dynamic batch size
+        (emb,) = session.run(None, {"face": x[:n].numpy()})
+        np.testing.assert_allclose(emb, expected[:n], atol=1e-4)

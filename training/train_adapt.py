@@ -101,6 +101,19 @@ class Centred(torch.nn.Module):
         return self.net(face) - self.center
 
 
+class FlipAverage(torch.nn.Module):
+    """Test-time mirror averaging: the sum of the unit embeddings of a face and of its left-right mirror image
+    (the aligned template is symmetric), computed as one batch of 2N (the export normalises the sum)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        both = F.normalize(self.net(torch.cat([face, torch.flip(face, dims=[3])])), dim=1)
+        return both.reshape(2, -1, both.shape[1]).sum(0)
+
+
 class LRBranchOnly(torch.nn.Module):
     """The embedding of the no-gate experiments: Model_LR's feature alone."""
 
@@ -133,7 +146,7 @@ def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: d
     out = Centred(model)
     with torch.no_grad():
         out.center.copy_(gate.center * cfg.output_center)
-    return out.eval()
+    return (FlipAverage(out) if cfg.flip_average else out).eval()
 
 
 def export_onnx(ckpt: dict, out_path) -> Path:

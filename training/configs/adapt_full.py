@@ -42,6 +42,9 @@ class AdaptConfig:
     # gate
     gate_task_weight: float = 1.0  # D_LR (hence W) also follows the feature / margin losses' gradient; 0 = only
     # its own discriminator loss (the W of an HR face then stays ~0.07 and costs HR-HR matching)
+    # exported embedding: the mean of the (unit) embeddings of the face and of its mirror image (both in one
+    # batch through the network; twice the cost a face)
+    flip_average: bool = False
     output_center: float = 1.0  # exported embedding: feature - output_center x the teacher's mean descriptor
     translator_hidden: int = 256
     translator_scale: float = 0.1  # the translator's output in dlib's units (one entry of a descriptor spreads ~0.1)
