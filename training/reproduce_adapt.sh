@@ -8,7 +8,8 @@
 #   data       the training bundle: HR sources, their MR-GAN / bicubic / hand-made LR versions, the real LR captures
 #              of lr-train with their identities, and the frozen teacher's embeddings of all of them
 #              (python -m training.adapt_data)
-#   train      the shipped embedder (config adapt_full_handmade_long: 3,000 updates; STEPS does not apply)
+#   train      the shipped embedder (config adapt_handmade_flip_6k: 6,000 updates, mirror-averaged export;
+#              STEPS does not apply)
 #   ablations  the other rows, same budget (STEPS updates of 32 sources + 8 real captures), two runs at a time
 #   export     every run -> $RUNS/onnx/<config>.onnx, plus dlib alone through the chip warp ($RUNS/onnx/dlib.onnx)
 #   eval       lrface eval of every ONNX file on the dev split -> $RUNS/eval/metrics_<name>.json
@@ -31,7 +32,7 @@ MRGAN_ONNX=${MRGAN_ONNX:-models/weights/mrgan.onnx}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RUNS/logs" "$RUNS/onnx" "$RUNS/eval"
-ABLATIONS="adapt_full adapt_lr_mrgan adapt_lr_bicubic adapt_lr_handmade adapt_no_feature adapt_no_unlabeled adapt_no_real adapt_full_handmade"
+ABLATIONS="adapt_full adapt_lr_mrgan adapt_lr_bicubic adapt_lr_handmade adapt_no_feature adapt_no_unlabeled adapt_no_real adapt_full_handmade adapt_full_mix adapt_full_handmade_real16"
 
 train() {  # $1 = config
   $PY -m training.train_adapt --config "$1" --data "$RUNS/adapt-data" --out "$RUNS/$1" --steps "$STEPS" \
@@ -47,9 +48,9 @@ for stage in "$@"; do
       $PY -m training.adapt_data --hr "$HR" --unlabeled "$UNLABELED" --synth "$RUNS/synth-hr-train" \
         --synth "$RUNS/synth-unlabeled-hr" --real-lr "$REAL_LR" --out "$RUNS/adapt-data" ;;
     train)
-      $PY -m training.train_adapt --config adapt_full_handmade_long --data "$RUNS/adapt-data" \
-        --out "$RUNS/adapt_full_handmade_long" --threads 2 --device "$DEVICE" --resume \
-        >"$RUNS/logs/adapt_full_handmade_long.log" 2>&1 ;;
+      $PY -m training.train_adapt --config adapt_handmade_flip_6k --data "$RUNS/adapt-data" \
+        --out "$RUNS/adapt_handmade_flip_6k" --threads 2 --device "$DEVICE" --resume \
+        >"$RUNS/logs/adapt_handmade_flip_6k.log" 2>&1 ;;
     ablations)
       set -- $ABLATIONS
       while [ $# -gt 0 ]; do
@@ -61,7 +62,7 @@ for stage in "$@"; do
     export)
       $PY -m training.train_adapt --export-teacher "$RUNS/onnx/dlib.onnx"
       $PY -m training.train_adapt --export-teacher "$RUNS/onnx/dlib_centred.onnx" --data "$RUNS/adapt-data"
-      for c in adapt_full_handmade_long $ABLATIONS; do
+      for c in adapt_handmade_flip_6k $ABLATIONS; do
         [ -f "$RUNS/$c/last.pt" ] && $PY -m training.export "$RUNS/$c/last.pt" "$RUNS/onnx/$c.onnx"
       done ;;
     eval)
