@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             out = workdir / f"out-{n}"
             shutil.rmtree(out, ignore_errors=True)
             print(f"cost: lrface augment on {n} faces ...", file=sys.stderr, flush=True)
-            r = run_measured([sys.executable, "-m", "service.cli", "augment", str(src), str(out), "-k", str(args.variants),
+            r = run_measured([sys.executable, "-m", "lrface.service.cli", "augment", str(src), str(out), "-k", str(args.variants),
                               "--seed", "0", "--model", str(args.mrgan), "--threads", str(args.threads), "--device", "cpu"],
                              env, workdir / f"augment-{n}.log")
             r["pngs"] = sum(1 for _ in out.rglob("*.png"))

@@ -1,6 +1,6 @@
 """Shared test fixtures: the checked-in face images and the shipped ONNX models.
 
-Model tests use the shipped weights (`models/weights/{mrgan,embedder}.onnx`) and are skipped while those
+Model tests use the shipped weights (`lrface/models/weights/{mrgan,embedder}.onnx`) and are skipped while those
 files are missing. To run them against other contract-conforming models (e.g. dev placeholders), point
 LRFACE_TEST_WEIGHTS_DIR at a folder holding mrgan.onnx / embedder.onnx and their .json sidecars.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.inference import default_model_path
+from lrface.service.inference import default_model_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HR_DIR = FIXTURES / "hr"  # 6 aligned HR faces of 3 dev identities (112x96 JPEG)
@@ -23,7 +23,7 @@ def _model_path(name: str) -> Path:
     override = os.environ.get("LRFACE_TEST_WEIGHTS_DIR")
     path = Path(override) / f"{name}.onnx" if override else default_model_path(name)
     if not path.is_file() or not path.with_suffix(".json").is_file():
-        pytest.skip(f"{name} weights not found at {path} (+ .json): the shipped models/weights/{name}.onnx is "
+        pytest.skip(f"{name} weights not found at {path} (+ .json): the shipped lrface/models/weights/{name}.onnx is "
                     f"not in the tree yet; set LRFACE_TEST_WEIGHTS_DIR to test other weights")
     return path
 
@@ -40,14 +40,14 @@ def embedder_path() -> Path:
 
 @pytest.fixture(scope="session")
 def synthesizer(mrgan_path):
-    from service.inference import Synthesizer
+    from lrface.service.inference import Synthesizer
 
     return Synthesizer(mrgan_path, threads=1)
 
 
 @pytest.fixture(scope="session")
 def embedder(embedder_path):
-    from service.inference import Embedder
+    from lrface.service.inference import Embedder
 
     return Embedder(embedder_path, threads=1)
 

@@ -158,7 +158,7 @@ class Server(Process):
 
 def serve(env: dict[str, str], tmp: Path, *args: str, new_session: bool = False) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "lrface.service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     return Server(cmd, env, port, tmp / f"serve-{port}.log", new_session=new_session)
 
 
@@ -181,7 +181,7 @@ def served_on_test_redis(tmp: Path, mrgan_path: Path, embedder_path: Path, *args
 
 def start_worker(env: dict[str, str], log_path: Path) -> Process:
     """A real Celery worker (solo pool: the task runs in the process we may SIGKILL)."""
-    cmd = [sys.executable, "-m", "celery", "-A", "service.celery_app", "worker", "--pool=solo", "--concurrency=1",
+    cmd = [sys.executable, "-m", "celery", "-A", "lrface.service.celery_app", "worker", "--pool=solo", "--concurrency=1",
            "--loglevel=WARNING", "-Q", env["LRFACE_QUEUE"], "-n", f"{uuid.uuid4().hex[:8]}@%h",
            "--without-gossip", "--without-mingle", "--without-heartbeat"]
     return Process(cmd, env, log_path)
@@ -229,7 +229,7 @@ def make_faces(folder: Path, n: int, scale: int = 1) -> list[str]:
 # -- outputs ---------------------------------------------------------------------------------------------------
 
 def expected_outputs(sources: list[str], variants: int) -> set[str]:
-    from service.offline import output_path
+    from lrface.service.offline import output_path
 
     return {output_path(rel, k) for rel in sources for k in range(variants)}
 

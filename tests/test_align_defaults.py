@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.detect import choose_align, looks_aligned
+from lrface.service.detect import choose_align, looks_aligned
 from service_helpers import FIXTURES, HR_FACES, RAW_PHOTOS, png_bytes, served_on_test_redis
 
 LR_CAPTURES = sorted((FIXTURES / "lr").glob("*/*"))
@@ -103,7 +103,7 @@ def test_bad_input_dir_errors_name_the_data_root_setting(http):
 
 
 def _lrface(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lrface.service.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env=env)
 
 
@@ -153,8 +153,8 @@ def test_cli_embed_default_matches_the_api_and_leaves_out_faceless_photos(http, 
 
 
 def test_eval_defaults_to_the_shipped_embedder(tmp_path, embedder_path, monkeypatch):
-    from service.inference import default_model_path
-    from training import evaluate
+    from lrface.service.inference import default_model_path
+    from lrface.training import evaluate
 
     if embedder_path != default_model_path("embedder"):
         pytest.skip("LRFACE_TEST_WEIGHTS_DIR points elsewhere: the shipped embedder is not the one under test")

@@ -14,8 +14,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from service.api import create_app
-from service.settings import Settings
+from lrface.service.api import create_app
+from lrface.service.settings import Settings
 from service_helpers import (
     HR_FACES,
     TEST_REDIS_URL,

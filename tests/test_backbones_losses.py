@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.backbones import MODELS, count_parameters, get_model  # noqa: E402
-from training.losses import (ArcFace, CosFace, MarginHead, feature_loss, margin_loss)  # noqa: E402
-from training.train_embedder import bicubic_degrade, learning_rate  # noqa: E402
+from lrface.models.backbones import MODELS, count_parameters, get_model  # noqa: E402
+from lrface.training.losses import (ArcFace, CosFace, MarginHead, feature_loss, margin_loss)  # noqa: E402
+from lrface.training.train_embedder import bicubic_degrade, learning_rate  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

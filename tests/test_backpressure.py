@@ -22,9 +22,9 @@ import zipfile
 import httpx
 import pytest
 
-from service.api.errors import APIError
-from service.api.limits import InferenceLimiter
-from service.settings import Settings
+from lrface.service.api.errors import APIError
+from lrface.service.api.limits import InferenceLimiter
+from lrface.service.settings import Settings
 from service_helpers import (
     HR_FACES,
     TEST_REDIS_URL,
@@ -82,7 +82,7 @@ def test_the_limiter_bounds_concurrency_and_waiting_time():
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_a_request_waiting_too_long_for_its_turn_gets_503(tmp_path, mrgan_path, embedder_path):
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     # Without micro-batching the model call itself runs under the compute gate (with it, see the next test).
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1,
@@ -120,7 +120,7 @@ def test_a_request_waiting_too_long_for_its_turn_gets_503(tmp_path, mrgan_path, 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_a_request_waiting_too_long_in_the_batcher_or_finding_it_full_gets_503(tmp_path, mrgan_path, embedder_path):
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1,
                         state_dir=tmp_path, inference_queue_timeout=0.3, retry_after_s=RETRY_AFTER,

@@ -1,4 +1,4 @@
-"""Micro-batching (service.inference.MicroBatcher and the models' micro_batch mode, used by the API).
+"""Micro-batching (lrface.service.inference.MicroBatcher and the models' micro_batch mode, used by the API).
 
 - the batcher: concurrent requests share model calls of at most max_batch rows, every request gets exactly its own
   rows back, a request larger than a batch runs alone in chunks, a full queue refuses at once (Overloaded), a
@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.face import encode_png
-from service.inference import BatcherClosed, Embedder, MicroBatcher, Overloaded, Synthesizer
-from service.settings import Settings
+from lrface.models.face import encode_png
+from lrface.service.inference import BatcherClosed, Embedder, MicroBatcher, Overloaded, Synthesizer
+from lrface.service.settings import Settings
 from service_helpers import HR_FACES
 
 FACES = [np.asarray(Image.open(p).convert("RGB")) for p in HR_FACES]
@@ -280,7 +280,7 @@ def test_batched_synthesis_is_byte_identical_to_unbatched(mrgan_path):
 # -- the API --------------------------------------------------------------------------------------------------------
 
 def _app(mrgan_path, embedder_path, tmp_path, micro_batch: bool):
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1, providers=["cpu"],
                         state_dir=tmp_path / ("mb" if micro_batch else "plain"), load_models_on_startup=False,
@@ -342,7 +342,7 @@ def test_concurrent_api_requests_answer_as_sequential_unbatched_ones(tmp_path, m
 
 @pytest.mark.parametrize("inline", [True, False])
 def test_a_lone_embed_request_runs_on_the_event_loop_thread_when_inline_is_on(tmp_path, mrgan_path, embedder_path, inline):
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1, providers=["cpu"],
                         state_dir=tmp_path, load_models_on_startup=False, inline_lone_requests=inline)
@@ -376,7 +376,7 @@ def test_a_lone_embed_request_runs_on_the_event_loop_thread_when_inline_is_on(tm
 
 
 def test_inline_embedding_is_kept_to_small_batches(embedder_path):
-    from service.inference import INLINE_MAX_ROWS
+    from lrface.service.inference import INLINE_MAX_ROWS
 
     embedder = Embedder(embedder_path, threads=1, micro_batch=True)
     run, threads = embedder.batcher._run, []

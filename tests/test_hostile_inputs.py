@@ -27,7 +27,7 @@ per case (a few ids of A check two or three variants of their case).
 | archive | not an archive; no images in it | 415; 422 | A |
 | archive | archive over the upload limit | 413 | A |
 | ids | unknown / malformed / traversal job ids (3) + unknown id code | 404 | A |
-| http | unknown route, wrong method, unexpected exception, missing models/broker (4) | 404/405/500 JSON/503 | A |
+| http | unknown route, wrong method, unexpected exception, missing lrface/models/broker (4) | 404/405/500 JSON/503 | A |
 | image | zero-byte file | 422 empty | H |
 | image | PNG + appended zip (polyglot) ; JPEG + appended PHP (polyglot) | 200, the image | H |
 | image | GIF / JPEG headers claiming 65535 x 65535 | 413 too_large | H |

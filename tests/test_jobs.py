@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.celery_app import make_celery
-from service.jobs import JobParams, JobStore, new_job_id, submit_job
-from service.settings import Settings
+from lrface.service.celery_app import make_celery
+from lrface.service.jobs import JobParams, JobStore, new_job_id, submit_job
+from lrface.service.settings import Settings
 from service_helpers import (
     TEST_REDIS_URL,
     check_job_outputs,

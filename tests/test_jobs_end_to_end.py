@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.offline import main_embed
+from lrface.service.offline import main_embed
 from service_helpers import (
     TEST_REDIS_URL,
     expected_outputs,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models.face import to_canvas, to_lr_size
-from training import train_mrgan
-from training.train_mrgan import RealLRPool, bottleneck, height_distribution, sample_step
+from lrface.models.face import to_canvas, to_lr_size
+from lrface.training import train_mrgan
+from lrface.training.train_mrgan import RealLRPool, bottleneck, height_distribution, sample_step
 
 ABLATIONS = ["mrgan_base", "mrgan_no_attn_loss", "mrgan_no_attention", "mrgan_no_local_gen",
              "mrgan_no_local_gen_no_attention", "mrgan_no_local_gen_no_attention_no_local_disc"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.api import create_app
-from service.api import guard
-from service.settings import Settings
+from lrface.service.api import create_app
+from lrface.service.api import guard
+from lrface.service.settings import Settings
 from service_helpers import (
     HR_FACES,
     REPO,

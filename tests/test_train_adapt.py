@@ -1,4 +1,4 @@
-"""The teacher-based adaption (training.adapt_data + training.train_adapt) end to end on the six fixture faces:
+"""The teacher-based adaption (lrface.training.adapt_data + lrface.training.train_adapt) end to end on the six fixture faces:
 bundle, a few updates, resume, export to the embedder ONNX contract, and the eager twin of the export."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from conftest import HR_DIR, LR_DIR  # noqa: E402
-from training import adapt_data, train_adapt  # noqa: E402
-from training.common import load_checkpoint  # noqa: E402
+from lrface.training import adapt_data, train_adapt  # noqa: E402
+from lrface.training.common import load_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, mrgan_path):
     """Fixture faces as the labelled set, two of them again as 'unlabeled' ones, MR-GAN variants of all."""
-    from service.offline import main_augment
+    from lrface.service.offline import main_augment
 
     root = tmp_path_factory.mktemp("adapt")
     unlabeled = root / "unlabeled"
