@@ -43,7 +43,7 @@ def cpu_count() -> int:
 
 
 def default_model_path(name: str) -> Path:
-    """lrface.service.inference.default_model_path without importing onnxruntime (keeps the torch child's RSS clean)."""
+    """lrface.core.inference.default_model_path without importing onnxruntime (keeps the torch child's RSS clean)."""
     from lrface import models
 
     return Path(models.__file__).resolve().parent / "weights" / f"{name}.onnx"
@@ -222,7 +222,7 @@ def descendants(pid: int) -> list[int]:
 
 def source_faces(limit: int = 64) -> tuple[list[np.ndarray], str]:
     """A few aligned 112x96 HR faces: the dev set when present, else the test fixtures."""
-    from lrface.models.face import read_image, to_canvas
+    from lrface.core.face import read_image, to_canvas
 
     for root in (DEV_FACES, FIXTURE_FACES):
         if root.is_dir():

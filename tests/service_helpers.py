@@ -229,7 +229,7 @@ def make_faces(folder: Path, n: int, scale: int = 1) -> list[str]:
 # -- outputs ---------------------------------------------------------------------------------------------------
 
 def expected_outputs(sources: list[str], variants: int) -> set[str]:
-    from lrface.service.offline import output_path
+    from lrface.core.augment import output_path
 
     return {output_path(rel, k) for rel in sources for k in range(variants)}
 

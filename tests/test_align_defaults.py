@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrface.service.detect import choose_align, looks_aligned
+from lrface.core.detect import choose_align, looks_aligned
 from service_helpers import FIXTURES, HR_FACES, RAW_PHOTOS, png_bytes, served_on_test_redis
 
 LR_CAPTURES = sorted((FIXTURES / "lr").glob("*/*"))
@@ -153,7 +153,7 @@ def test_cli_embed_default_matches_the_api_and_leaves_out_faceless_photos(http, 
 
 
 def test_eval_defaults_to_the_shipped_embedder(tmp_path, embedder_path, monkeypatch):
-    from lrface.service.inference import default_model_path
+    from lrface.core.inference import default_model_path
     from lrface.training import evaluate
 
     if embedder_path != default_model_path("embedder"):

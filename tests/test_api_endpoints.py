@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrface.models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
 from service_helpers import (
     HR_FACES,
     RAW_PHOTOS,

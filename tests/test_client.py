@@ -24,7 +24,7 @@ from lrface.client import (
     RateLimitedError,
     Variant,
 )
-from lrface.models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
 from service_helpers import HR_FACES, RAW_PHOTOS, make_faces, serve, service_env
 
 API_KEY = "client-test-key"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrface.models.face import encode_png, lr_width_for_height, read_image, resize_rgb
+from lrface.core.face import encode_png, lr_width_for_height, read_image, resize_rgb
 from lrface.training.degradations import bicubic_lr, blur_noise_jpeg_lr, file_rng
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -113,8 +113,8 @@ def test_truncated_and_foreign_files_raise_clear_errors(dat_path, tmp_path):
 
 
 def test_numpy_chip_warp_matches_the_reference_geometry(reference):
-    """lrface.models.face.warp_to_dlib_chip (torch-free, used by lrface/training/compare_dlib.py) = OpenCV's warpAffine."""
-    from lrface.models.face import warp_to_dlib_chip
+    """lrface.core.face.warp_to_dlib_chip (torch-free, used by lrface/training/compare_dlib.py) = OpenCV's warpAffine."""
+    from lrface.core.face import warp_to_dlib_chip
 
     for face, chip in zip(reference["faces"], reference["chips"]):
         assert np.abs(warp_to_dlib_chip(face).astype(int) - chip.astype(int)).max() <= 1

@@ -1,4 +1,4 @@
-"""The inference core (lrface/service/inference.py): shapes, reproducibility, height sampling, argument checks."""
+"""The inference core (lrface/core/inference.py): shapes, reproducibility, height sampling, argument checks."""
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrface.models.face import lr_width_for_height, read_image
-from lrface.service.inference import (
+from lrface.core.face import lr_width_for_height, read_image
+from lrface.core.inference import (
     Embedder,
     ModelNotFoundError,
     Synthesizer,
@@ -59,7 +59,7 @@ def test_execution_providers_end_with_cpu_and_reject_unknown_names():
 
 
 def test_inference_modules_never_import_torch():
-    code = ("import sys, lrface.service.inference, lrface.service.offline, lrface.training.degradations; "
+    code = ("import sys, lrface.core.inference, lrface.service.offline, lrface.training.degradations; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -122,7 +122,7 @@ def test_model_rows_are_the_documented_draws_and_the_capture_is_cropped(synthesi
     top-left h x w corner of the model's `lr` output."""
     import onnxruntime as ort
 
-    from lrface.models.face import FACE_HEIGHT, from_model_output, to_model_input
+    from lrface.core.face import FACE_HEIGHT, from_model_output, to_model_input
 
     key, seed, k = _keys(1)[0], 9, 1
     rng = np.random.default_rng([seed, zlib.crc32(key.encode()), k])

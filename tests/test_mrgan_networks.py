@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lrface.models.face import FACE_HEIGHT, FACE_WIDTH, REGION_BY_NAME, REGIONS, lr_width_for_height
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, REGION_BY_NAME, REGIONS, lr_width_for_height
 from lrface.models.mrgan import (LRGenerator, LocalGenerator, MRGANConfig, build_discriminators, build_generator,
                           count_parameters, resample_to_lr)
 from lrface.training.configs import load_config

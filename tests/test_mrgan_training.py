@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lrface.models.face import to_canvas, to_lr_size
+from lrface.core.face import to_canvas, to_lr_size
 from lrface.training import train_mrgan
 from lrface.training.train_mrgan import RealLRPool, bottleneck, height_distribution, sample_step
 

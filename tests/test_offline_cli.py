@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrface.models.face import lr_width_for_height
+from lrface.core.face import lr_width_for_height
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SOURCES = sorted(p.relative_to(FIXTURES / "hr").as_posix() for p in (FIXTURES / "hr").rglob("*.jpg"))

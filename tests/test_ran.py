@@ -12,7 +12,7 @@ pytest.importorskip("onnx")
 from PIL import Image  # noqa: E402
 
 from lrface.models.backbones import get_model  # noqa: E402
-from lrface.models.face import lr_width_for_height  # noqa: E402
+from lrface.core.face import lr_width_for_height  # noqa: E402
 from lrface.models.ran import ModelMR  # noqa: E402
 from lrface.training import train_embedder, train_ran  # noqa: E402
 from lrface.training.train_embedder import NormalisedEmbedding, load_checkpoint  # noqa: E402

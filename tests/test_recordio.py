@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrface.service import recordio
+from lrface.core import recordio
 from lrface.service.offline import main_augment, main_embed
 from service_helpers import HR_FACES, png_bytes
 

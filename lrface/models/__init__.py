@@ -1,1 +1,1 @@
-"""Network definitions (torch, imported lazily) and the shipped ONNX weights; `lrface.models.face` is torch-free."""
+"""Network definitions (torch, imported lazily) and the shipped ONNX weights; `lrface.core.face` is torch-free."""

@@ -1,6 +1,6 @@
 """Face recognition backbones behind one factory, `get_model(name, embedding_dim=..., **kw)`.
 
-Every backbone maps an aligned face, float32 [N, 3, 112, 96] in [-1, 1] (see `lrface.models.face`), to an
+Every backbone maps an aligned face, float32 [N, 3, 112, 96] in [-1, 1] (see `lrface.core.face`), to an
 embedding [N, D] that is NOT L2-normalised: margin heads and exported graphs normalise it themselves.
 
 Families (one small block per concept, composed into networks):

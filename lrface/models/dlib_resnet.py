@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrface.models.dlib_weights import DAT_NAME, DAT_SHA256, default_dat_path  # noqa: F401 (re-exported)
-from lrface.models.face import TEMPLATE_TO_DLIB_CHIP
+from lrface.core.face import TEMPLATE_TO_DLIB_CHIP
 
 CHIP_SIZE = 150
 # our 112x96 template -> dlib's 150x150 chip: x' = a x - b y + tx, y' = b x + a y + ty (pixels), with a replicated

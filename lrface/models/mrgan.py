@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lrface.models.face import FACE_HEIGHT, FACE_WIDTH, REGIONS, Region
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, REGIONS, Region
 
 STREAM_SIZES = ((FACE_HEIGHT, FACE_WIDTH), (FACE_HEIGHT // 2, FACE_WIDTH // 2), (FACE_HEIGHT // 4, FACE_WIDTH // 4))
 

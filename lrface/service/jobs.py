@@ -40,7 +40,7 @@ from typing import Callable
 
 import redis
 
-from lrface.service import recordio
+from lrface.core import recordio
 from lrface.service.settings import Settings
 
 log = logging.getLogger("lrface.jobs")
@@ -56,7 +56,7 @@ MAX_ERRORS_SHOWN = 1000
 _RATIO_FLOOR = 1024 * 1024
 _COPY_BLOCK = 1024 * 1024
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-_STRAY_TEMP = re.compile(r"^\..+\.\d+\.\d+\.tmp$")  # lrface.service.offline.write_atomic's temp names
+_STRAY_TEMP = re.compile(r"^\..+\.\d+\.\d+\.tmp$")  # lrface.core.files.write_atomic's temp names
 
 
 class JobInputError(Exception):
@@ -600,7 +600,8 @@ def plan_job_sources(input_dir: Path, output_dir: Path, allowed_root: Path,
                      kind: str = "augment") -> tuple[list[str], list[dict]]:
     """Sources of a job and up-front failures: name collisions (augmentation), files that resolve outside the
     allowed root, and for a .rec input its unreadable records. Embedding jobs take what `lrface embed` takes."""
-    from lrface.service.offline import plan_embed_sources, plan_sources
+    from lrface.core.augment import plan_sources
+    from lrface.core.embed import plan_embed_sources
 
     failures: list[dict] = []
     if recordio.is_recordio(input_dir):

@@ -57,7 +57,7 @@ def get_synthesizer():
     global _synthesizer
     with _lock:
         if _synthesizer is None:
-            from lrface.service.inference import Synthesizer
+            from lrface.core.inference import Synthesizer
 
             settings = get_settings()
             _synthesizer = Synthesizer(settings.mrgan_model_path, providers=settings.onnx_providers(), threads=settings.threads,
@@ -70,7 +70,7 @@ def get_embedder():
     global _embedder
     with _lock:
         if _embedder is None:
-            from lrface.service.inference import Embedder
+            from lrface.core.inference import Embedder
 
             settings = get_settings()
             _embedder = Embedder(settings.embedder_model_path, providers=settings.onnx_providers(),
@@ -85,7 +85,7 @@ def get_detector():
     global _detector
     with _lock:
         if _detector is None:
-            from lrface.service.offline import default_detector
+            from lrface.core.faces import default_detector
 
             settings = get_settings()
             _detector = default_detector(providers=settings.onnx_providers(), threads=settings.threads)
@@ -186,7 +186,7 @@ def _progress_counts(results: list[dict]) -> tuple[int, int]:
 def _augment_chunk(store: JobStore, job: dict, params: JobParams, chunk_index: int,
                    rel_paths: list[str]) -> list[dict] | None:
     """The variants of one chunk (None when the job was cancelled meanwhile)."""
-    from lrface.service.offline import augment_sources
+    from lrface.core.augment import augment_sources
 
     job_id = job["job_id"]
     synth = get_synthesizer()
@@ -217,7 +217,8 @@ def _embed_chunk(store: JobStore, job: dict, chunk_index: int, rel_paths: list[s
 
     import numpy as np
 
-    from lrface.service.offline import embed_sources, write_atomic
+    from lrface.core.embed import embed_sources
+    from lrface.core.files import write_atomic
 
     job_id = job["job_id"]
     part = _part_path(job["output_dir"], chunk_index)
@@ -261,7 +262,7 @@ def finalize_job(self, job_id: str) -> str:
 
 
 def _finalize_job(self, job_id: str) -> str:
-    from lrface.service.offline import write_errors, write_manifest
+    from lrface.core.augment import write_errors, write_manifest
 
     store = get_store()
     job = store.get(job_id, errors_limit=0)
@@ -300,7 +301,8 @@ def _join_embeddings(output_dir: Path, chunks_total: int) -> None:
     the parts go. Idempotent: when the parts are gone, a previous run wrote the file."""
     import shutil
 
-    from lrface.service.offline import EMBEDDINGS_NAME, MANIFEST_NAME, _write_jsonl, write_embeddings_from_parts
+    from lrface.core.embed import write_embeddings_from_parts
+    from lrface.core.files import EMBEDDINGS_NAME, MANIFEST_NAME, write_jsonl
 
     import numpy as np
 
@@ -314,7 +316,7 @@ def _join_embeddings(output_dir: Path, chunks_total: int) -> None:
             paths = [str(p) for p in npz["paths"]]
     else:
         raise RuntimeError(f"the embeddings of {len(missing)} chunks are missing ({', '.join(missing[:5])})")
-    _write_jsonl(output_dir / MANIFEST_NAME, ({"source": p, "row": i} for i, p in enumerate(paths)))
+    write_jsonl(output_dir / MANIFEST_NAME, ({"source": p, "row": i} for i, p in enumerate(paths)))
     shutil.rmtree(output_dir / PARTS_DIR, ignore_errors=True)
 
 

@@ -7,7 +7,7 @@ Sources are the aligned HR faces of `--hr` (folder per identity: labelled) and o
 faces whose `filled_fraction` in its images.csv exceeds `--max-fill` are left out: UTKFace's tight chips had to be
 filled by replicating the border). For every source the bundle holds one LR version of each kind, all at the
 same native height (the MR-GAN variant's), brought to the 112x96 canvas by the inference core's one resize path
-(`lrface.models.face.to_canvas`) exactly as `lrface embed` / `lrface eval` do with a real capture:
+(`lrface.core.face.to_canvas`) exactly as `lrface embed` / `lrface eval` do with a real capture:
 
 - `mrgan`:    `<synth>/<rel without extension>_0.png`, written by `lrface augment SRC SYNTH --variants 1 --seed 0`
               with the shipped `mrgan.onnx`;
@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from lrface.models.dlib_resnet import DlibFaceModel
-from lrface.models.face import read_image, to_canvas
-from lrface.training.data import list_images, load_face_folder
+from lrface.core.face import read_image, to_canvas
+from lrface.core.files import list_images
+from lrface.training.data import load_face_folder
 from lrface.training.degradations import bicubic_lr, blur_noise_jpeg_lr, file_rng
 
 LR_KINDS = ("mrgan", "bicubic", "handmade")

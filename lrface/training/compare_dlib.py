@@ -17,7 +17,7 @@ How faces reach dlib: `dlib_face_recognition_resnet_model_v1` via `compute_face_
 pre-aligned 150x150 RGB chips (dlib >= 19.x accepts those directly; dlib-bin 20.0.1 does). Each chip is the dev
 image (the aligned 112x96 HR crop, or its LR capture brought to 112x96 by the core's resize) put on dlib's own chip
 geometry by the fixed similarity warp of `../shared/reference/dlib-resnet.md`, with a replicated border
-(`lrface.models.face.warp_to_dlib_chip`): dlib at its best, the way its authors align faces (a re-detection with dlib's
+(`lrface.core.face.warp_to_dlib_chip`): dlib at its best, the way its authors align faces (a re-detection with dlib's
 5-point predictor and `get_face_chip` scores the same on HR crops). Descriptors are L2-normalised and compared by
 cosine similarity like lrface's embeddings. (An earlier version resized the tight crop straight to 150x150 and
 understated dlib by a factor of three on HR-HR.) The same numbers come from dlib's ResNet ported to torch and
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrface.models.face import warp_to_dlib_chip
+from lrface.core.face import warp_to_dlib_chip
 from lrface.training.evaluate import evaluate_folder, write_report
 
 CHIP_SIZE = 150

@@ -14,16 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lrface.models.face import FACE_HEIGHT, FACE_WIDTH, ImageDecodeError, read_image, to_canvas
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def list_images(root: str | os.PathLike) -> list[Path]:
-    """Every image file under root, recursively, sorted by relative path (so order is reproducible)."""
-    root = Path(root)
-    found = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, ImageDecodeError, read_image, to_canvas
+from lrface.core.files import list_images
 
 
 @dataclass

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lrface.models.face import ImageDecodeError, encode_png, lr_width_for_height, read_image, resize_rgb
-from lrface.training.data import list_images
+from lrface.core.face import ImageDecodeError, encode_png, lr_width_for_height, read_image, resize_rgb
+from lrface.core.files import list_images, write_atomic
 
 # Ranges of the random pipeline. Blur sigma is in HR pixels (before downsampling), noise sigma in 0-255 units
 # at the LR size, JPEG quality as Pillow counts it.
@@ -108,13 +108,6 @@ def read_heights(csv_path: str | os.PathLike) -> dict[str, int]:
         return {row["stem"]: int(row["lr_height"]) for row in csv.DictReader(f)}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lrface.training.degradations",
                                 description="Write hand-made LR baselines of every face under INPUT_DIR.")
@@ -129,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     synth = None
     if args.method == "mrgan":
-        from lrface.service.inference import Synthesizer
+        from lrface.core.inference import Synthesizer
 
         synth = Synthesizer(args.model)
 
@@ -167,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             lr = synth.synthesize([rgb], keys=[rel], variants=1, seed=args.seed, height=height)[0][0].image
         else:
             lr = degrade(rgb, args.method, height, file_rng(args.seed, rel))
-        _write_atomic(output_dir / f"{stem}.png", encode_png(lr))
+        write_atomic(output_dir / f"{stem}.png", encode_png(lr))
         written += 1
     print(f"{args.method}: {written} written to {output_dir}, {failed} skipped")
     return 0

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lrface.models.dlib_resnet import DlibFaceModel
-from lrface.models.face import read_image, to_model_input
+from lrface.core.face import read_image, to_model_input
 from lrface.training.evaluate import FARS, rank1_lr_vs_hr, read_dev_folder, tar_at_far
 
 

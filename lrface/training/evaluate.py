@@ -4,8 +4,8 @@
 
 DIR holds `hr/<identity>/<name>.<ext>`, `lr/<identity>/<name>.<ext>` (an LR capture of each HR image, same stem)
 and `images.csv` (`stem,identity,lr_height,lr_width`). Runs on onnxruntime only (no torch) through the
-inference core, `lrface.service.inference.Embedder` (the model needs its JSON sidecar, as everywhere else); images go
-through the shared decoder (`lrface.models.face.read_image`) and the core's `to_model_input` (any size -> 112x96 canvas).
+inference core, `lrface.core.inference.Embedder` (the model needs its JSON sidecar, as everywhere else); images go
+through the shared decoder (`lrface.core.face.read_image`) and the core's `to_model_input` (any size -> 112x96 canvas).
 
 Other embedders are scored on exactly the same pairs with `evaluate_folder(data, embed_fn, ...)` (any function
 from a list of uint8 RGB faces to L2-normalised rows) or `evaluate_embeddings(hr, lr, identities)` on arrays;
@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lrface.models.face import read_image
-from lrface.service.inference import Embedder, ModelNotFoundError, default_model_path
+from lrface.core.face import read_image
+from lrface.core.files import IMAGE_EXTENSIONS
+from lrface.core.inference import Embedder, ModelNotFoundError, default_model_path
 
 # list of uint8 RGB faces (any size) -> float32 N x D, rows L2-normalised
 EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
@@ -46,7 +47,6 @@ EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
 FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 PROTOCOLS = ("hr_hr", "hr_lr", "lr_lr")
 PROTOCOL_LABELS = {"hr_hr": "HR-HR", "hr_lr": "HR-LR", "lr_lr": "LR-LR"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def far_key(far: float) -> str:
@@ -65,7 +65,7 @@ def read_dev_folder(root: Path) -> tuple[list[str], list[str], list[Path], list[
     def index(sub: str) -> dict[str, Path]:
         base = root / sub
         return {p.relative_to(base).with_suffix("").as_posix(): p
-                for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+                for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
 
     hr_files, lr_files = index("hr"), index("lr")
     stems, identities, hr_paths, lr_paths = [], [], [], []

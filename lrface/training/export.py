@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrface.models.face import FACE_HEIGHT, FACE_WIDTH, LR_MAX_HEIGHT, LR_MIN_HEIGHT
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, LR_MAX_HEIGHT, LR_MIN_HEIGHT
 from lrface.models.mrgan import LRGenerator, SensorStage, build_generator, config_from_dict
 
 OPSET = 17

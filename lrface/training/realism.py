@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrface.models.face import ImageDecodeError, read_image, resize_rgb
-from lrface.training.data import list_images
+from lrface.core.face import ImageDecodeError, read_image, resize_rgb
+from lrface.core.files import list_images
 
 DEFAULT_SIZE = (56, 48)  # height, width: the 112x96 aspect, 2x the typical capture
 

@@ -32,13 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrface.models.backbones import count_parameters, get_model
-from lrface.models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
 from lrface.training.common import (MetricsLog, Progress, RunControl, add_run_flags, epoch_order,  # noqa: F401
                              epoch_plan, load_checkpoint, load_typed_config, pick_device, resolve_config,
                              resume_checkpoint, save_checkpoint, set_learning_rate, setup_device, step_generator,
                              to_device_uint8)  # some only re-exported: older imports from here keep working
 from lrface.training.configs.embedder_base import EmbedderConfig
-from lrface.training.data import list_images, load_face_folder
+from lrface.core.files import list_images
+from lrface.training.data import load_face_folder
 from lrface.training.losses import MarginHead, margin_loss
 
 MODES = ("hr", "hr_bicubic", "lr")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lrface.models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
 from lrface.models.mrgan import (MRGANConfig, SensorStage, build_discriminators, build_generator, config_from_dict,
                           resample_to_lr)
 from lrface.training.common import (Progress, add_data_flags, add_device_flags, apply_overrides, configure_torch,

@@ -38,7 +38,8 @@ from lrface.training.common import (MetricsLog, Progress, RunControl, add_run_fl
                              load_checkpoint, load_typed_config, resolve_config, resume_checkpoint, save_checkpoint,
                              set_learning_rate, setup_device, step_generator, to_device_uint8)
 from lrface.training.configs.ran_base import RANConfig
-from lrface.training.data import list_images, load_face_folder
+from lrface.core.files import list_images
+from lrface.training.data import load_face_folder
 from lrface.training.losses import MarginHead, feature_loss, margin_loss
 from lrface.training.train_embedder import (bicubic_degrade, build_optimizer, export_embedding_module, gather,
                                      learning_rate, param_groups)

@@ -37,10 +37,10 @@ class Services:
     def _build(self, name: str):
         s = self.settings
         if name == "detector":
-            from lrface.service.detect import FaceDetector
+            from lrface.core.detect import FaceDetector
 
             return FaceDetector(providers=s.onnx_providers(), threads=s.threads)
-        from lrface.service.inference import Embedder, Synthesizer
+        from lrface.core.inference import Embedder, Synthesizer
 
         def on_batch(rows: int, requests: int, seconds: float) -> None:
             self.metrics.batch_rows.labels(name).observe(rows)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from lrface.models.face import ImageDecodeError
+from lrface.core.face import ImageDecodeError
 
 log = logging.getLogger("lrface.api")
 

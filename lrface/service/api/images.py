@@ -9,9 +9,9 @@ import numpy as np
 from fastapi import UploadFile
 from PIL import Image
 
-from lrface.models.face import JPEG_FRAMES, MIN_INPUT_HEIGHT, ImageDecodeError, decode_image, encode_png, jpeg_markers
+from lrface.core.face import JPEG_FRAMES, MIN_INPUT_HEIGHT, ImageDecodeError, decode_image, encode_png, jpeg_markers
 from lrface.service.api.errors import APIError, image_error
-from lrface.service.detect import FaceDetector, NoFaceError, choose_align, looks_aligned
+from lrface.core.detect import FaceDetector, NoFaceError, choose_align, looks_aligned
 
 _READ_BLOCK = 256 * 1024
 # Uploads of at most this many pixels in all (a few aligned face crops) are decoded on the event loop: that takes
@@ -94,7 +94,7 @@ def prepare_face(data: bytes, filename: str | None, align: Align | None, max_pix
     """Decode (with the pixel limit) and, for align=auto, detect the most prominent face and align it.
 
     align None (not given): an image shaped like an aligned crop is taken as one, anything else is aligned as
-    with auto (`lrface.service.detect.choose_align`). Returns the face (an aligned crop of any size for align=none,
+    with auto (`lrface.core.detect.choose_align`). Returns the face (an aligned crop of any size for align=none,
     112x96 for auto) and the detection box.
     """
     min_side = MIN_INPUT_HEIGHT if align is Align.none else 1

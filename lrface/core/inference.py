@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from lrface.models.face import (
+from lrface.core.face import (
     FACE_HEIGHT,
     MIN_INPUT_HEIGHT,
     from_model_output,
