@@ -43,7 +43,7 @@ def cpu_count() -> int:
 
 
 def default_model_path(name: str) -> Path:
-    """lrface.core.inference.default_model_path without importing onnxruntime (keeps the torch child's RSS clean)."""
+    """lrface.core.onnx_model.default_model_path without importing onnxruntime (keeps the torch child's RSS clean)."""
     from lrface import models
 
     return Path(models.__file__).resolve().parent / "weights" / f"{name}.onnx"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lrface.core.inference import default_model_path
+from lrface.core.onnx_model import default_model_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HR_DIR = FIXTURES / "hr"  # 6 aligned HR faces of 3 dev identities (112x96 JPEG)
@@ -40,14 +40,14 @@ def embedder_path() -> Path:
 
 @pytest.fixture(scope="session")
 def synthesizer(mrgan_path):
-    from lrface.core.inference import Synthesizer
+    from lrface.core.synthesizer import Synthesizer
 
     return Synthesizer(mrgan_path, threads=1)
 
 
 @pytest.fixture(scope="session")
 def embedder(embedder_path):
-    from lrface.core.inference import Embedder
+    from lrface.core.embedder import Embedder
 
     return Embedder(embedder_path, threads=1)
 

@@ -153,7 +153,7 @@ def test_cli_embed_default_matches_the_api_and_leaves_out_faceless_photos(http, 
 
 
 def test_eval_defaults_to_the_shipped_embedder(tmp_path, embedder_path, monkeypatch):
-    from lrface.core.inference import default_model_path
+    from lrface.core.onnx_model import default_model_path
     from lrface.training import evaluate
 
     if embedder_path != default_model_path("embedder"):

@@ -1,4 +1,4 @@
-"""Micro-batching (lrface.core.inference.MicroBatcher and the models' micro_batch mode, used by the API).
+"""Micro-batching (lrface.core.batching.MicroBatcher and the models' micro_batch mode, used by the API).
 
 - the batcher: concurrent requests share model calls of at most max_batch rows, every request gets exactly its own
   rows back, a request larger than a batch runs alone in chunks, a full queue refuses at once (Overloaded), a
@@ -28,7 +28,9 @@ import pytest
 from PIL import Image
 
 from lrface.core.face import encode_png
-from lrface.core.inference import BatcherClosed, Embedder, MicroBatcher, Overloaded, Synthesizer
+from lrface.core.batching import BatcherClosed, MicroBatcher, Overloaded
+from lrface.core.embedder import Embedder
+from lrface.core.synthesizer import Synthesizer
 from lrface.service.settings import Settings
 from service_helpers import HR_FACES
 
@@ -376,7 +378,7 @@ def test_a_lone_embed_request_runs_on_the_event_loop_thread_when_inline_is_on(tm
 
 
 def test_inline_embedding_is_kept_to_small_batches(embedder_path):
-    from lrface.core.inference import INLINE_MAX_ROWS
+    from lrface.core.embedder import INLINE_MAX_ROWS
 
     embedder = Embedder(embedder_path, threads=1, micro_batch=True)
     run, threads = embedder.batcher._run, []

@@ -108,7 +108,7 @@ def test_eval_module_does_not_import_torch():
 
 
 def test_eval_scores_the_inference_core_and_any_embedding_function_alike(dev_folder, tmp_path):
-    from lrface.core.inference import Embedder
+    from lrface.core.embedder import Embedder
 
     model = tmp_path / "linear.onnx"
     linear_embedder_onnx(model)

@@ -39,7 +39,9 @@ import pytest
 from PIL import Image
 
 from lrface.service.celery_app import make_celery
-from lrface.service.jobs import JobParams, JobStore, new_job_id, submit_job
+from lrface.service.jobs.lifecycle import submit_job
+from lrface.service.jobs.params import JobParams, new_job_id
+from lrface.service.jobs.store import JobStore
 from lrface.service.settings import Settings
 from service_helpers import (
     HR_FACES,
@@ -264,7 +266,7 @@ def test_chunk_tasks_the_broker_lost_are_queued_again(harness):
 
 
 def test_a_lost_finalizer_is_queued_again_and_nothing_present_is_duplicated(harness):
-    from lrface.service.jobs import recover_lost_tasks
+    from lrface.service.jobs.recovery import recover_lost_tasks
 
     make_faces(harness.tmp / "data" / "faces", 4)
     waiting = harness.submit("faces", variants=1, seed=1, chunk_size=2)  # both chunk tasks wait in the queue

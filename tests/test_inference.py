@@ -1,4 +1,4 @@
-"""The inference core (lrface/core/inference.py): shapes, reproducibility, height sampling, argument checks."""
+"""The inference core (lrface/core/onnx_model.py, synthesizer.py, embedder.py): shapes, reproducibility, height sampling, argument checks."""
 from __future__ import annotations
 
 import subprocess
@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 
 from lrface.core.face import lr_width_for_height, read_image
-from lrface.core.inference import (
-    Embedder,
-    ModelNotFoundError,
-    Synthesizer,
-    default_model_path,
-    execution_providers,
-)
+from lrface.core.embedder import Embedder
+from lrface.core.onnx_model import ModelNotFoundError, default_model_path, execution_providers
+from lrface.core.synthesizer import Synthesizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HR_FACES = sorted((FIXTURES / "hr").rglob("*.jpg"))
@@ -59,7 +55,7 @@ def test_execution_providers_end_with_cpu_and_reject_unknown_names():
 
 
 def test_inference_modules_never_import_torch():
-    code = ("import sys, lrface.core.inference, lrface.service.offline, lrface.training.degradations; "
+    code = ("import sys, lrface.core.synthesizer, lrface.core.embedder, lrface.service.offline, lrface.training.degradations; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from lrface.service.celery_app import make_celery
-from lrface.service.jobs import JobParams, JobStore, new_job_id, submit_job
+from lrface.service.jobs.lifecycle import submit_job
+from lrface.service.jobs.params import JobParams, new_job_id
+from lrface.service.jobs.store import JobStore
 from lrface.service.settings import Settings
 from service_helpers import (
     TEST_REDIS_URL,

@@ -9,16 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from lrface.service.jobs import (
-    JobInputError,
-    JobParams,
-    JobStore,
-    new_job_id,
-    purge_expired_jobs,
-    purge_job,
-    resolve_input_dir,
-    submit_job,
-)
+from lrface.service.jobs.inputs import resolve_input_dir
+from lrface.service.jobs.lifecycle import purge_expired_jobs, purge_job, submit_job
+from lrface.service.jobs.params import JobInputError, JobParams, new_job_id
+from lrface.service.jobs.store import JobStore
 from lrface.service.settings import Settings
 from service_helpers import (
     HR_FACES,

@@ -93,7 +93,7 @@ def test_the_checker_sees_a_forbidden_import(tmp_path, source):
 
 @pytest.mark.parametrize("modules", [
     "lrface.service.cli, lrface.service.offline, lrface.service.server",
-    "lrface.service.api.app, lrface.service.tasks, lrface.service.jobs",
+    "lrface.service.api.app, lrface.service.tasks, lrface.service.jobs.lifecycle, lrface.service.jobs.recovery",
     "lrface.core.augment, lrface.core.embed, lrface.core.detect, lrface.client",
 ])
 def test_the_service_entry_points_load_neither_training_nor_torch(modules):

@@ -22,7 +22,7 @@ from lrface.core import recordio
 from lrface.core.face import encode_png, lr_width_for_height
 from lrface.core.faces import READ_ERRORS, face_source, plan_records, read_failure, write_failure
 from lrface.core.files import ERRORS_NAME, MANIFEST_NAME, REC_NAME, find_images, write_atomic, write_jsonl
-from lrface.core.inference import Synthesizer
+from lrface.core.synthesizer import Synthesizer
 
 
 def output_path(rel_path: str, k: int) -> str:

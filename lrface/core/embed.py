@@ -11,7 +11,7 @@ import numpy as np
 from lrface.core import recordio
 from lrface.core.faces import READ_ERRORS, default_detector, face_source, plan_records, read_failure
 from lrface.core.files import find_images, temp_name
-from lrface.core.inference import Embedder
+from lrface.core.embedder import Embedder
 
 
 # What an image of `lrface embed` and of an embedding job becomes when no alignment is asked for: None is the

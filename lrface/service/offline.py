@@ -19,7 +19,9 @@ from lrface.core.augment import (augment_sources, manifest_rows, plan_sources, w
 from lrface.core.embed import embed_sources, embeddings_npz_bytes, plan_embed_sources
 from lrface.core.faces import default_detector
 from lrface.core.files import ERRORS_NAME, IMAGE_EXTENSIONS, MANIFEST_NAME, REC_NAME, write_atomic
-from lrface.core.inference import MAX_HEIGHT, MIN_HEIGHT, Embedder, ModelNotFoundError, Synthesizer, execution_providers
+from lrface.core.embedder import Embedder
+from lrface.core.onnx_model import ModelNotFoundError, execution_providers
+from lrface.core.synthesizer import MAX_HEIGHT, MIN_HEIGHT, Synthesizer
 
 
 class _Parser(argparse.ArgumentParser):

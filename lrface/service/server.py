@@ -151,7 +151,8 @@ def recover_embedded_jobs(settings) -> None:
     idempotent, so one handed out twice by a race costs time, never correctness.
     """
     from lrface.service import tasks
-    from lrface.service.jobs import JobStore, recover_lost_tasks, redis_client
+    from lrface.service.jobs.recovery import recover_lost_tasks
+    from lrface.service.jobs.store import JobStore, redis_client
 
     try:
         restored = restore_unacked_tasks(settings.broker_url)

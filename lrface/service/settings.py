@@ -166,7 +166,7 @@ class Settings(BaseSettings):
 
     def onnx_providers(self) -> list[str]:
         """Providers for onnxruntime: "auto" / "cpu" / "cuda" as `lrface --device` means them, or explicit names."""
-        from lrface.core.inference import execution_providers
+        from lrface.core.onnx_model import execution_providers
 
         names = [p for p in self.providers if p] or ["auto"]
         if len(names) == 1 and names[0].lower() in ("auto", "cpu", "cuda"):

@@ -23,16 +23,10 @@ from kombu.exceptions import OperationalError
 from celery import signals
 
 from lrface.service.celery_app import app
-from lrface.service.jobs import (
-    TERMINAL_STATES,
-    JobParams,
-    JobStore,
-    purge_expired_jobs,
-    recover_lost_tasks,
-    redis_client,
-    remove_job_files,
-    remove_stray_temps,
-)
+from lrface.service.jobs.lifecycle import purge_expired_jobs, remove_job_files, remove_stray_temps
+from lrface.service.jobs.params import TERMINAL_STATES, JobParams
+from lrface.service.jobs.recovery import recover_lost_tasks
+from lrface.service.jobs.store import JobStore, redis_client
 from lrface.service.settings import get_settings
 
 log = logging.getLogger("lrface.tasks")
@@ -57,7 +51,7 @@ def get_synthesizer():
     global _synthesizer
     with _lock:
         if _synthesizer is None:
-            from lrface.core.inference import Synthesizer
+            from lrface.core.synthesizer import Synthesizer
 
             settings = get_settings()
             _synthesizer = Synthesizer(settings.mrgan_model_path, providers=settings.onnx_providers(), threads=settings.threads,
@@ -70,7 +64,7 @@ def get_embedder():
     global _embedder
     with _lock:
         if _embedder is None:
-            from lrface.core.inference import Embedder
+            from lrface.core.embedder import Embedder
 
             settings = get_settings()
             _embedder = Embedder(settings.embedder_model_path, providers=settings.onnx_providers(),
@@ -323,7 +317,7 @@ def _join_embeddings(output_dir: Path, chunks_total: int) -> None:
 # -- the sweeper: chunk tasks the broker lost ----------------------------------------------------------------
 
 def sweep_once() -> dict:
-    """One pass of `lrface.service.jobs.recover_lost_tasks`, by at most one worker at a time (a Redis lock)."""
+    """One pass of `lrface.service.jobs.recovery.recover_lost_tasks`, by at most one worker at a time (a Redis lock)."""
     settings = get_settings()
     store = get_store()
     interval = sweep_interval(settings)

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     synth = None
     if args.method == "mrgan":
-        from lrface.core.inference import Synthesizer
+        from lrface.core.synthesizer import Synthesizer
 
         synth = Synthesizer(args.model)
 

@@ -4,7 +4,7 @@
 
 DIR holds `hr/<identity>/<name>.<ext>`, `lr/<identity>/<name>.<ext>` (an LR capture of each HR image, same stem)
 and `images.csv` (`stem,identity,lr_height,lr_width`). Runs on onnxruntime only (no torch) through the
-inference core, `lrface.core.inference.Embedder` (the model needs its JSON sidecar, as everywhere else); images go
+inference core, `lrface.core.embedder.Embedder` (the model needs its JSON sidecar, as everywhere else); images go
 through the shared decoder (`lrface.core.face.read_image`) and the core's `to_model_input` (any size -> 112x96 canvas).
 
 Other embedders are scored on exactly the same pairs with `evaluate_folder(data, embed_fn, ...)` (any function
@@ -39,7 +39,8 @@ import numpy as np
 
 from lrface.core.face import read_image
 from lrface.core.files import IMAGE_EXTENSIONS
-from lrface.core.inference import Embedder, ModelNotFoundError, default_model_path
+from lrface.core.embedder import Embedder
+from lrface.core.onnx_model import ModelNotFoundError, default_model_path
 
 # list of uint8 RGB faces (any size) -> float32 N x D, rows L2-normalised
 EmbedFn = Callable[[list[np.ndarray]], np.ndarray]

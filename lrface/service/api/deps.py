@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lrface.service.api.errors import APIError
 from lrface.service.api.metrics import Metrics
-from lrface.service.jobs import JobStore, redis_client
+from lrface.service.jobs.store import JobStore, redis_client
 from lrface.service.settings import Settings
 
 log = logging.getLogger("lrface.api")
@@ -40,7 +40,8 @@ class Services:
             from lrface.core.detect import FaceDetector
 
             return FaceDetector(providers=s.onnx_providers(), threads=s.threads)
-        from lrface.core.inference import Embedder, Synthesizer
+        from lrface.core.embedder import Embedder
+        from lrface.core.synthesizer import Synthesizer
 
         def on_batch(rows: int, requests: int, seconds: float) -> None:
             self.metrics.batch_rows.labels(name).observe(rows)

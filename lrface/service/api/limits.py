@@ -36,7 +36,7 @@ def overloaded(settings: Settings, message: str) -> APIError:
 async def run_batched(services, awaitable):
     """Await a model call queued in a micro-batcher; its refusals (queue full, waited too long, shutting down)
     become 503 `overloaded` with Retry-After, like the other gates'."""
-    from lrface.core.inference import Overloaded
+    from lrface.core.batching import Overloaded
 
     try:
         return await awaitable

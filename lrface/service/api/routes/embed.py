@@ -17,7 +17,7 @@ from lrface.service.api.images import Align, prepare_face, read_upload, small_en
 from lrface.service.api.limits import run_batched
 from lrface.service.api.multipart import parse_plain_multipart
 from lrface.service.api.routes.synthesize import FaceBox
-from lrface.core.inference import Embedder
+from lrface.core.embedder import Embedder
 from lrface.service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["recognition"])

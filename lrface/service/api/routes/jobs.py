@@ -18,19 +18,10 @@ from lrface.service.api.deps import JobStoreDep, ServicesDep, SettingsDep
 from lrface.service.api.errors import APIError
 from lrface.service.api.job_outputs import TarStream, iter_zip, parse_range
 from lrface.service.api.routes.synthesize import check_synthesis_params, random_seed
-from lrface.service.jobs import (
-    ArchiveLimits,
-    JobInputError,
-    JobParams,
-    extract_archive,
-    is_job_id,
-    new_job_id,
-    owner_of,
-    purge_job,
-    remove_tree,
-    resolve_input_dir,
-    submit_job,
-)
+from lrface.service.jobs.archives import ArchiveLimits, extract_archive
+from lrface.service.jobs.inputs import resolve_input_dir
+from lrface.service.jobs.lifecycle import owner_of, purge_job, remove_tree, submit_job
+from lrface.service.jobs.params import JobInputError, JobParams, is_job_id, new_job_id
 from lrface.core.files import MANIFEST_NAME
 from lrface.core.recordio import starts_with_magic
 

@@ -13,7 +13,7 @@ from lrface.service.api.deps import ServicesDep, SettingsDep, get_synthesizer
 from lrface.service.api.errors import APIError
 from lrface.service.api.images import Align, ImageFormat, encode, prepare_face, read_upload, small_enough_inline
 from lrface.service.api.limits import run_batched
-from lrface.core.inference import MAX_HEIGHT, MIN_HEIGHT, Synthesizer
+from lrface.core.synthesizer import MAX_HEIGHT, MIN_HEIGHT, Synthesizer
 from lrface.service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["synthesis"])
