@@ -1,7 +1,7 @@
 """Helpers of the service tests: real server / worker subprocesses, a real Redis, generated inputs, output checks."""
 from __future__ import annotations
 
-import contextlib
+import asyncio
 
 import io
 import json
@@ -45,6 +45,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "the condition"):
+    """`wait_for` inside an event loop: polls `predicate()` between turns of the loop until it is true."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.005)
+    return value
 
 
 def redis_or_skip(db: int = TEST_REDIS_DB):
@@ -160,23 +170,6 @@ def serve(env: dict[str, str], tmp: Path, *args: str, new_session: bool = False)
     port = free_port()
     cmd = [sys.executable, "-m", "lrface.service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     return Server(cmd, env, port, tmp / f"serve-{port}.log", new_session=new_session)
-
-
-@contextlib.contextmanager
-def served_on_test_redis(tmp: Path, mrgan_path: Path, embedder_path: Path, *args: str, **overrides):
-    """`lrface serve` on the test Redis under a namespace of its own (removed afterwards): the module-scoped server
-    fixture of the service tests. Yields the Server, with `.tmp` set."""
-    client = redis_or_skip()
-    prefix, queue = unique_namespace()
-    env = service_env(tmp, mrgan_path, embedder_path, LRFACE_BROKER_URL=TEST_REDIS_URL, LRFACE_KEY_PREFIX=prefix,
-                      LRFACE_QUEUE=queue, **overrides)
-    srv = serve(env, tmp, *args)
-    srv.tmp = tmp
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        forget_namespace(client, prefix, queue)
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> Process:

@@ -15,16 +15,12 @@ import pytest
 from PIL import Image
 
 from lrface.core.detect import choose_align, looks_aligned
-from service_helpers import FIXTURES, HR_FACES, RAW_PHOTOS, png_bytes, served_on_test_redis
+from service_helpers import FIXTURES, HR_FACES, RAW_PHOTOS, png_bytes
+
+pytestmark = [pytest.mark.redis, pytest.mark.process]
 
 LR_CAPTURES = sorted((FIXTURES / "lr").glob("*/*"))
 BLANK_LANDSCAPE = png_bytes(np.full((200, 300, 3), 128, np.uint8))  # a photo with no face in it
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, mrgan_path, embedder_path):
-    with served_on_test_redis(tmp_path_factory.mktemp("align"), mrgan_path, embedder_path) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from lrface.core.batching import BatcherClosed, MicroBatcher, Overloaded
 from lrface.core.embedder import Embedder
 from lrface.core.synthesizer import Synthesizer
 from lrface.service.settings import Settings
-from service_helpers import HR_FACES
+from service_helpers import HR_FACES, until, wait_for
 
 FACES = [np.asarray(Image.open(p).convert("RGB")) for p in HR_FACES]
 
@@ -115,7 +115,7 @@ def test_close_finishes_the_queued_requests_first():
     model.started.wait(5)
     closer = threading.Thread(target=batcher.close)
     closer.start()
-    time.sleep(0.1)
+    wait_for(lambda: batcher.closed, 10, 0.005, "close() to start")
     model.gate.set()
     closer.join(10)
     assert not closer.is_alive()
@@ -209,8 +209,7 @@ def test_waiting_lets_a_batch_fill_and_expired_or_cancelled_requests_are_dropped
 
     async def scenario():
         running = batcher.submit_async(rows(0, 1))
-        while not model.started.is_set():
-            await asyncio.sleep(0.01)
+        await until(model.started.is_set, what="the first call to start")
         expired = batcher.submit_async(rows(1, 1))
         cancelled = batcher.submit_async(rows(2, 1))
         cancelled.cancel()
@@ -313,7 +312,6 @@ async def _post_all(app, requests, concurrent_: bool):
         return [await client.post(path, **kw) for path, kw in requests]
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_concurrent_api_requests_answer_as_sequential_unbatched_ones(tmp_path, mrgan_path, embedder_path):
     requests = _requests()
     plain_app = _app(mrgan_path, embedder_path, tmp_path, micro_batch=False)

@@ -25,6 +25,8 @@ from service_helpers import (
     wait_for,
 )
 
+pytestmark = [pytest.mark.redis]
+
 COMPOSE = REPO / "docker-compose.yml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 

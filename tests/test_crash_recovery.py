@@ -18,6 +18,8 @@ import pytest
 
 from service_helpers import check_job_outputs, child_pids, make_faces, serve, service_env, wait_for
 
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
 FACES, VARIANTS, CHUNK = 40, 2, 4
 FINISHED = ("succeeded", "failed", "cancelled")
 

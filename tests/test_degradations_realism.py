@@ -14,6 +14,8 @@ from PIL import Image
 from lrface.core.face import encode_png, lr_width_for_height, read_image, resize_rgb
 from lrface.training.degradations import bicubic_lr, blur_noise_jpeg_lr, file_rng
 
+pytestmark = [pytest.mark.torch]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 FACE = FIXTURES / "hr" / "Alex_Penelas" / "Alex_Penelas_0001.jpg"
 

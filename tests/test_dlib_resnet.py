@@ -18,6 +18,8 @@ from PIL import Image
 from lrface.models.dlib_resnet import (CHIP_SIZE, DAT_SHA256, DatFormatError, DlibFaceModel, DlibResNet, default_dat_path,
                                 read_dat)
 
+pytestmark = [pytest.mark.torch]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "dlib" / "reference_descriptors.npz"
 

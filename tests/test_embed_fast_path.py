@@ -119,7 +119,6 @@ async def _post_all(app, bodies):
                 for name, (ctype, body) in bodies.items()}
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_fast_and_standard_paths_answer_alike(app, monkeypatch):
     bodies = _requests()
     taken = []

@@ -61,6 +61,8 @@ from service_helpers import (
     wait_for,
 )
 
+pytestmark = [pytest.mark.redis, pytest.mark.process, pytest.mark.slow]
+
 VISIBILITY_TIMEOUT = 2  # seconds before a task held by a dead worker is handed out again
 STALL_TIMEOUT = 3  # seconds without progress before the workers' sweeper looks for tasks the broker lost
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -344,7 +346,6 @@ def private_redis(tmp_path):
     server.stop()
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 @pytest.mark.parametrize("topology", ["broker-and-state", "state-only"])
 def test_a_job_completes_after_redis_restarts_mid_job(tmp_path, mrgan_path, embedder_path, private_redis, topology):
     """broker-and-state: one Redis for the broker and the job state (the default) is restarted.

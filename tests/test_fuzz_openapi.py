@@ -35,6 +35,8 @@ from service_helpers import (  # noqa: E402
     unique_namespace,
 )
 
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
 MAX_EXAMPLES = 25
 FACE = HR_FACES[0].read_bytes()
 

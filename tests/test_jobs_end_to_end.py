@@ -28,6 +28,8 @@ from service_helpers import (
     wait_for,
 )
 
+pytestmark = [pytest.mark.redis, pytest.mark.process]
+
 KEY_A, KEY_B = "key-a-0123456789", "key-b-9876543210"
 N_FACES = 12
 

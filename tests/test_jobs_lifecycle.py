@@ -29,6 +29,8 @@ from service_helpers import (
 )
 from test_recordio import insightface_dataset
 
+pytestmark = [pytest.mark.redis, pytest.mark.process]
+
 
 @pytest.fixture
 def jobs(tmp_path, mrgan_path, embedder_path):
@@ -184,7 +186,6 @@ def test_a_rec_whose_index_leads_outside_the_data_root_is_refused(jobs):
     assert err.value.status_code == 403
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_jobs_over_a_server_side_rec_and_an_uploaded_rec(jobs, monkeypatch):
     from fastapi.testclient import TestClient
 

@@ -15,7 +15,7 @@ from lrface.training import export
 from lrface.training.configs import load_config
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def make_checkpoint(name: str, path, step: int = 7) -> dict:

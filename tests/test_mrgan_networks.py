@@ -14,7 +14,7 @@ from lrface.training.configs import load_config
 from lrface.training.gan_losses import attention_activation_loss
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ ABLATIONS = ["mrgan_base", "mrgan_no_attn_loss", "mrgan_no_attention", "mrgan_no
              "mrgan_no_local_gen_no_attention", "mrgan_no_local_gen_no_attention_no_local_disc"]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

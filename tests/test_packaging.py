@@ -9,6 +9,8 @@ import pytest
 
 from service_helpers import REPO
 
+pytestmark = [pytest.mark.slow]
+
 
 def test_the_wheel_ships_the_client_and_the_demo(tmp_path):
     pytest.importorskip("setuptools")

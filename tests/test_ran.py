@@ -19,7 +19,7 @@ from lrface.training.train_embedder import NormalisedEmbedding, load_checkpoint 
 from lrface.training.train_ran import feature_supervision_applies, source_stem  # noqa: E402
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def tiny_model_mr(seed: int = 0) -> ModelMR:

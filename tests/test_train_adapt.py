@@ -16,7 +16,7 @@ from conftest import HR_DIR, LR_DIR  # noqa: E402
 from lrface.training import adapt_data, train_adapt  # noqa: E402
 from lrface.training.common import load_checkpoint  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
