@@ -22,6 +22,7 @@ from lrface.core import recordio
 from lrface.core.face import encode_png, lr_width_for_height
 from lrface.core.faces import READ_ERRORS, face_source, plan_records, read_failure, write_failure
 from lrface.core.files import ERRORS_NAME, MANIFEST_NAME, REC_NAME, find_images, write_atomic, write_jsonl
+from lrface.core.params import AugmentParams
 from lrface.core.synthesizer import Synthesizer
 
 
@@ -60,23 +61,21 @@ def plan_sources(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
 
 
 def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                    rel_paths: list[str], variants: int, seed: int = 0, height: int | None = None,
-                    min_height: int | None = None, max_height: int | None = None, canvas: bool = False, *,
-                    progress: Callable[[int], None] | None = None, align: str | None = "none",
+                    rel_paths: list[str], params: AugmentParams, *, progress: Callable[[int], None] | None = None, align: str | None = "none",
                     detector=None) -> list[dict]:
     """Write the K variants of each source in `rel_paths`; one result dict per source, in order.
 
     Result: `{"source", "status": "done" | "skipped" | "failed", "outputs": [paths relative to output_dir]}`,
     plus `"reason"` (a short code such as "not_an_image", "corrupt", "too_small") and `"message"` when failed.
     A source is skipped when all its K outputs exist; otherwise its missing outputs are written (atomically).
-    Unreadable sources are failures, never exceptions. Invalid arguments raise ValueError before any work.
+    Unreadable sources are failures, never exceptions. Parameters the model cannot draw heights for raise
+    ValueError before any work.
     `progress(n)` is called as sources finish (for a progress bar or a task's state). `align` / `detector`: as
     for `load_face` (default "none": the sources are aligned crops).
     """
     faces_in, output_dir = face_source(input_dir), Path(output_dir)
-    if isinstance(variants, bool) or not isinstance(variants, int) or variants < 1:
-        raise ValueError(f"variants must be an integer >= 1, not {variants!r}")
-    synth.variant_params("", seed, 0, height, min_height, max_height)  # raises on invalid height arguments
+    synth.check(params)
+    variants = params.variants
     results: dict[str, dict] = {}
     pending = []
     for rel in rel_paths:
@@ -99,8 +98,7 @@ def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir
                 results[rel] = read_failure(rel, exc)
                 if progress:
                     progress(1)
-        made = synth.synthesize(faces, keys=keys, variants=variants, seed=seed, height=height,
-                                min_height=min_height, max_height=max_height, canvas=canvas) if faces else []
+        made = synth.synthesize(faces, keys=keys, **params.synthesis()) if faces else []
         for rel, rel_variants in zip(keys, made):
             outputs = []
             try:
@@ -118,36 +116,35 @@ def augment_sources(synth: Synthesizer, input_dir: str | os.PathLike, output_dir
     return [results[rel] for rel in rel_paths]
 
 
-def manifest_rows(synth: Synthesizer, output_dir: str | os.PathLike, rel_paths: list[str], variants: int,
-                  seed: int = 0, height: int | None = None, min_height: int | None = None,
-                  max_height: int | None = None) -> list[dict]:
+def manifest_rows(synth: Synthesizer, output_dir: str | os.PathLike, rel_paths: list[str],
+                  params: AugmentParams) -> list[dict]:
     """Manifest lines for the (source, k) pairs whose output exists, in (source, k) order.
 
     `height` / `width` are the simulated LR capture size (recomputed with `variant_params`, which is
     deterministic); with canvas outputs the image on disk is 112x96 but the line still gives that LR size.
     """
-    output_dir = Path(output_dir)
+    output_dir, p = Path(output_dir), params
     rows = []
     for rel in sorted(rel_paths):
-        for k in range(variants):
+        for k in range(p.variants):
             out = output_path(rel, k)
             if not os.path.isfile(output_dir / out):
                 continue
-            h = int(height) if height is not None else synth.variant_params(rel, seed, k, None, min_height, max_height)[0]
-            rows.append({"source": rel, "output": out, "k": k, "seed": int(seed), "height": h,
+            h = int(p.height) if p.height is not None else synth.variant_params(rel, p.seed, k, None, p.min_height,
+                                                                                p.max_height)[0]
+            rows.append({"source": rel, "output": out, "k": k, "seed": int(p.seed), "height": h,
                          "width": lr_width_for_height(h)})
     return rows
 
 
-def write_manifest(synth: Synthesizer, output_dir: str | os.PathLike, rel_paths: list[str], variants: int,
-                   seed: int = 0, height: int | None = None, min_height: int | None = None,
-                   max_height: int | None = None) -> int:
+def write_manifest(synth: Synthesizer, output_dir: str | os.PathLike, rel_paths: list[str],
+                   params: AugmentParams) -> int:
     """Rewrite `output_dir/manifest.jsonl` from scratch (atomically) from the outputs on disk; returns its line count.
 
     Pass the whole run's `rel_paths` (from `plan_sources`), not a chunk: the file describes the whole folder.
     Idempotent: the same outputs on disk give the same bytes.
     """
-    rows = manifest_rows(synth, output_dir, rel_paths, variants, seed, height, min_height, max_height)
+    rows = manifest_rows(synth, output_dir, rel_paths, params)
     return write_jsonl(Path(output_dir) / MANIFEST_NAME, rows)
 
 

@@ -6,12 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrface.core.face import FACE_HEIGHT, MIN_INPUT_HEIGHT, from_model_output, lr_width_for_height, to_canvas, to_model_input
+from lrface.core.face import FACE_HEIGHT, from_model_output, lr_width_for_height, to_canvas, to_model_input
 from lrface.core.onnx_model import OnnxModel, check_faces
-
-# Heights a caller may ask for: below MIN_INPUT_HEIGHT nothing face-like is left, above the canvas it is not LR.
-MIN_HEIGHT = MIN_INPUT_HEIGHT
-MAX_HEIGHT = FACE_HEIGHT
+from lrface.core.params import AugmentParams, check_heights
 
 
 @dataclass
@@ -27,15 +24,6 @@ class Variant:
     seed: int
     height: int
     width: int
-
-
-def _check_height(name: str, value: int | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, not {value!r}")
-    if not MIN_HEIGHT <= value <= MAX_HEIGHT:
-        raise ValueError(f"{name} must be within [{MIN_HEIGHT}, {MAX_HEIGHT}] px, not {value}")
 
 
 class Synthesizer(OnnxModel):
@@ -69,13 +57,11 @@ class Synthesizer(OnnxModel):
     # -- randomness -------------------------------------------------------------------------------------------
 
     def _height_bounds(self, min_height: int | None, max_height: int | None) -> tuple[int, int]:
-        _check_height("min_height", min_height)
-        _check_height("max_height", max_height)
+        """The range heights are drawn from: the given bounds, the model's `height_range` for those not given
+        (the arguments are checked already: `check_heights`)."""
         lo = self.height_range[0] if min_height is None else int(min_height)
         hi = self.height_range[1] if max_height is None else int(max_height)
         if lo > hi:
-            if min_height is not None and max_height is not None:
-                raise ValueError(f"min_height ({lo}) must not exceed max_height ({hi})")
             raise ValueError(f"the height range [{lo}, {hi}] is empty: the model's default range is "
                              f"{list(self.height_range)}; give both min_height and max_height")
         return lo, hi
@@ -88,6 +74,12 @@ class Synthesizer(OnnxModel):
             total = weights.sum()
             self._height_cache[(lo, hi)] = (values, weights / total) if len(values) and total > 0 else None
         return self._height_cache[(lo, hi)]
+
+    def check(self, params: AugmentParams) -> AugmentParams:
+        """`params`, when this model can draw their heights (ValueError when a range left open on one side is empty
+        with the model's default bound for the other side)."""
+        self.variant_params("", params.seed, 0, params.height, params.min_height, params.max_height)
+        return params
 
     def variant_params(self, key: str, seed: int, k: int, height: int | None = None,
                        min_height: int | None = None, max_height: int | None = None) -> tuple[int, np.ndarray]:
@@ -110,9 +102,7 @@ class Synthesizer(OnnxModel):
             raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
             raise ValueError(f"variant index k must be an integer >= 0, not {k!r}")
-        _check_height("height", height)
-        if height is not None and (min_height is not None or max_height is not None):
-            raise ValueError("give either a fixed height or min_height / max_height, not both")
+        check_heights(height, min_height, max_height)
         rng = np.random.default_rng([int(seed), zlib.crc32(key.encode("utf-8")), int(k)])
         if height is None:
             lo, hi = self._height_bounds(min_height, max_height)

@@ -6,6 +6,7 @@ jobs run too.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ from lrface.core.faces import default_detector
 from lrface.core.files import ERRORS_NAME, IMAGE_EXTENSIONS, MANIFEST_NAME, REC_NAME, write_atomic
 from lrface.core.embedder import Embedder
 from lrface.core.onnx_model import ModelNotFoundError, execution_providers
-from lrface.core.synthesizer import MAX_HEIGHT, MIN_HEIGHT, Synthesizer
+from lrface.core.params import AugmentParams
+from lrface.core.synthesizer import Synthesizer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,16 +72,20 @@ def _add_synthesis_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p, "mrgan", 32)
 
 
-def _load_synthesizer(args) -> Synthesizer:
-    if args.height is not None and (args.min_height is not None or args.max_height is not None):
-        raise _UsageError("give either --height or --min-height / --max-height, not both")
-    for flag, value in (("--height", args.height), ("--min-height", args.min_height), ("--max-height", args.max_height)):
-        if value is not None and not MIN_HEIGHT <= value <= MAX_HEIGHT:
-            raise _UsageError(f"{flag} must be within [{MIN_HEIGHT}, {MAX_HEIGHT}] px, not {value}")
+def _augment_params(args) -> AugmentParams:
+    """The command's AugmentParams; a usage error naming the flags when they are invalid."""
+    try:
+        return AugmentParams(args.variants, args.seed, args.height, args.min_height, args.max_height, args.canvas)
+    except ValueError as exc:
+        raise _UsageError(re.sub(r"\b(min_height|max_height|height)\b", lambda m: "--" + m[1].replace("_", "-"),
+                                 str(exc))) from None
+
+
+def _load_synthesizer(args, params: AugmentParams) -> Synthesizer:
     synth = Synthesizer(args.model, providers=execution_providers(args.device), threads=args.threads,
                         max_batch=args.batch_size)
     try:
-        synth.variant_params("", args.seed, 0, args.height, args.min_height, args.max_height)
+        synth.check(params)
     except ValueError as exc:
         raise _UsageError(str(exc).replace("min_height", "--min-height").replace("max_height", "--max-height")) from None
     return synth
@@ -133,7 +139,8 @@ def main_augment(argv: list[str] | None = None) -> int:
         if not sources and not failures:
             raise _UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_dir}" if not is_rec
                               else f"no image records in {input_dir}")
-        synth = _load_synthesizer(args)
+        params = _augment_params(args)
+        synth = _load_synthesizer(args, params)
         detector = _load_detector(args, args.align)
         output_dir.mkdir(parents=True, exist_ok=True)
         final_dir = output_dir
@@ -145,8 +152,7 @@ def main_augment(argv: list[str] | None = None) -> int:
             # Chunks bound the work between reports so failures show up as they happen.
             results = []
             for start in range(0, len(sources), 256):
-                chunk = augment_sources(synth, input_dir, output_dir, sources[start:start + 256], args.variants,
-                                        args.seed, args.height, args.min_height, args.max_height, args.canvas,
+                chunk = augment_sources(synth, input_dir, output_dir, sources[start:start + 256], params,
                                         progress=bar.update, align=args.align, detector=detector)
                 for r in chunk:
                     if r["status"] == "failed":
@@ -155,14 +161,12 @@ def main_augment(argv: list[str] | None = None) -> int:
         failures += [r for r in results if r["status"] == "failed"]
         write_errors(final_dir, failures)
         if args.out_format == "rec":
-            rows = manifest_rows(synth, output_dir, sources, args.variants, args.seed, args.height,
-                                 args.min_height, args.max_height)
+            rows = manifest_rows(synth, output_dir, sources, params)
             lines = write_record_dataset(output_dir, final_dir, sources, rows)
             shutil.rmtree(output_dir, ignore_errors=True)
             where = f"{final_dir / REC_NAME} (+ .idx, {final_dir / MANIFEST_NAME})"
         else:
-            lines = write_manifest(synth, output_dir, sources, args.variants, args.seed, args.height,
-                                   args.min_height, args.max_height)
+            lines = write_manifest(synth, output_dir, sources, params)
             where = str(output_dir / MANIFEST_NAME)
         done = sum(r["status"] == "done" for r in results)
         skipped = sum(r["status"] == "skipped" for r in results)
@@ -185,15 +189,15 @@ def main_synth(argv: list[str] | None = None) -> int:
         image = Path(args.image)
         if not image.is_file():
             raise _UsageError(f"image {image} does not exist")
-        synth = _load_synthesizer(args)
+        params = _augment_params(args)
+        synth = _load_synthesizer(args, params)
         out = Path(args.out)
-        (result,) = augment_sources(synth, image.parent, out, [image.name], args.variants, args.seed, args.height,
-                                    args.min_height, args.max_height, args.canvas, align=args.align,
+        (result,) = augment_sources(synth, image.parent, out, [image.name], params, align=args.align,
                                     detector=_load_detector(args, args.align))
         if result["status"] == "failed":
             print(f"lrface synth: cannot read {image}: {result['message']} ({result['reason']})", file=sys.stderr)
             return 1
-        write_manifest(synth, out, [image.name], args.variants, args.seed, args.height, args.min_height, args.max_height)
+        write_manifest(synth, out, [image.name], params)
         for o in result["outputs"]:
             print(out / o)
         return 0

@@ -192,9 +192,7 @@ def _augment_chunk(store: JobStore, job: dict, params: JobParams, chunk_index: i
     for start in range(0, len(rel_paths), group):
         if store.is_cancelled(job_id):
             return None
-        results += augment_sources(synth, job["input_dir"], job["output_dir"], rel_paths[start:start + group],
-                                   params.variants, params.seed, params.height, params.min_height,
-                                   params.max_height, params.canvas)
+        results += augment_sources(synth, job["input_dir"], job["output_dir"], rel_paths[start:start + group], params)
         if start + group < len(rel_paths):
             store.report_progress(job_id, chunk_index, *_progress_counts(results))
     return results
@@ -272,7 +270,7 @@ def _finalize_job(self, job_id: str) -> str:
         if params.kind == "embed":
             _join_embeddings(output_dir, job["chunks_total"])
         else:
-            write_manifest(get_synthesizer(), output_dir, store.sources(job_id), *params.synthesis_args())
+            write_manifest(get_synthesizer(), output_dir, store.sources(job_id), params)
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:

@@ -5,6 +5,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from lrface.core.params import AugmentParams
+
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 KINDS = ("augment", "embed")
@@ -22,14 +24,11 @@ class JobInputError(Exception):
 
 
 @dataclass(frozen=True)
-class JobParams:
-    variants: int = 1
-    seed: int = 0
-    height: int | None = None
-    min_height: int | None = None
-    max_height: int | None = None
-    canvas: bool = False
-    kind: str = "augment"  # "embed": embeddings.npz of every face (the synthesis fields are unused)
+class JobParams(AugmentParams):
+    """An augmentation job's `AugmentParams` (validated on construction), or an embedding job (`kind` "embed",
+    whose synthesis fields are unused)."""
+
+    kind: str = "augment"  # "embed": embeddings.npz of every face
 
     @classmethod
     def embedding(cls) -> "JobParams":
@@ -45,19 +44,7 @@ class JobParams:
     def as_dict(self) -> dict:
         if self.kind == "embed":
             return {"kind": "embed"}
-        return {
-            "kind": self.kind,
-            "variants": self.variants,
-            "seed": self.seed,
-            "height": self.height,
-            "min_height": self.min_height,
-            "max_height": self.max_height,
-            "canvas": self.canvas,
-        }
-
-    def synthesis_args(self) -> tuple:
-        """Positional (variants, seed, height, min_height, max_height) as `augment_sources` / `write_manifest` take them."""
-        return self.variants, self.seed, self.height, self.min_height, self.max_height
+        return {"kind": self.kind, **self.synthesis()}
 
 
 def new_job_id() -> str:

@@ -17,12 +17,13 @@ from starlette.datastructures import UploadFile
 from lrface.service.api.deps import JobStoreDep, ServicesDep, SettingsDep
 from lrface.service.api.errors import APIError
 from lrface.service.api.job_outputs import TarStream, iter_zip, parse_range
-from lrface.service.api.routes.synthesize import check_synthesis_params, random_seed
+from lrface.service.api.routes.synthesize import random_seed, synthesis_params
 from lrface.service.jobs.archives import ArchiveLimits, extract_archive
 from lrface.service.jobs.inputs import resolve_input_dir
 from lrface.service.jobs.lifecycle import owner_of, purge_job, remove_tree, submit_job
 from lrface.service.jobs.params import JobInputError, JobParams, is_job_id, new_job_id
 from lrface.core.files import MANIFEST_NAME
+from lrface.core.params import AugmentParams
 from lrface.core.recordio import starts_with_magic
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -284,9 +285,7 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
         params = JobParams.embedding()
     else:
         seed = random_seed() if options.seed is None else options.seed
-        _check_options(settings, services, options, seed)
-        params = JobParams(options.variants, seed, options.height, options.min_height, options.max_height,
-                           options.canvas)
+        params = JobParams(**_check_options(settings, services, options, seed).synthesis())
     try:
         job = await run_in_threadpool(submit_job, store, settings, job_id=job_id, params=params, input_dir=input_dir,
                                       allowed_root=root, input_label=label, enqueue=enqueue_chunk,
@@ -311,9 +310,10 @@ def _check_kind(options: JobOptions) -> None:
         raise APIError(422, "validation_error", f"{', '.join(given)} apply to augmentation jobs, not to kind=embed")
 
 
-def _check_options(settings, services, options: JobOptions, seed: int = 0) -> None:
-    check_synthesis_params(settings, services.models.get("synthesizer"), variants=options.variants, seed=seed,
-                           height=options.height, min_height=options.min_height, max_height=options.max_height)
+def _check_options(settings, services, options: JobOptions, seed: int = 0) -> AugmentParams:
+    return synthesis_params(settings, services.models.get("synthesizer"), variants=options.variants, seed=seed,
+                            height=options.height, min_height=options.min_height, max_height=options.max_height,
+                            canvas=options.canvas)
 
 
 async def _save_upload(upload: UploadFile, target: Path, limit: int) -> None:

@@ -13,7 +13,8 @@ from lrface.service.api.deps import ServicesDep, SettingsDep, get_synthesizer
 from lrface.service.api.errors import APIError
 from lrface.service.api.images import Align, ImageFormat, encode, prepare_face, read_upload, small_enough_inline
 from lrface.service.api.limits import run_batched
-from lrface.core.synthesizer import MAX_HEIGHT, MIN_HEIGHT, Synthesizer
+from lrface.core.params import AugmentParams
+from lrface.core.synthesizer import Synthesizer
 from lrface.service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["synthesis"])
@@ -48,23 +49,17 @@ class SynthesizeResponse(BaseModel):
     variants: list[VariantOut]
 
 
-def check_synthesis_params(settings: Settings, synth: Synthesizer | None, *, variants: int, seed: int,
-                           height: int | None, min_height: int | None, max_height: int | None) -> None:
-    """The variant count and height arguments, checked before any work; 422 validation_error when wrong."""
+def synthesis_params(settings: Settings, synth: Synthesizer | None, *, variants: int, seed: int, height: int | None,
+                     min_height: int | None, max_height: int | None, canvas: bool = False) -> AugmentParams:
+    """The request's `AugmentParams`, checked before any work (also against the model when it is loaded);
+    422 validation_error when wrong."""
     if not 1 <= variants <= settings.max_variants:
         raise APIError(422, "validation_error", f"variants must be between 1 and {settings.max_variants}, not {variants}")
-    if seed < 0:
-        raise APIError(422, "validation_error", f"seed must be >= 0, not {seed}")
-    if height is not None and (min_height is not None or max_height is not None):
-        raise APIError(422, "validation_error", "give either height or min_height / max_height, not both")
-    for name, value in (("height", height), ("min_height", min_height), ("max_height", max_height)):
-        if value is not None and not MIN_HEIGHT <= value <= MAX_HEIGHT:
-            raise APIError(422, "validation_error", f"{name} must be within [{MIN_HEIGHT}, {MAX_HEIGHT}] px, not {value}")
-    if synth is not None:
-        try:
-            synth.variant_params("", seed, 0, height, min_height, max_height)
-        except ValueError as exc:
-            raise APIError(422, "validation_error", str(exc)) from None
+    try:
+        params = AugmentParams(variants, seed, height, min_height, max_height, canvas)
+        return synth.check(params) if synth is not None else params
+    except ValueError as exc:
+        raise APIError(422, "validation_error", str(exc)) from None
 
 
 def random_seed() -> int:
@@ -103,8 +98,8 @@ async def synthesize(
     include_face: Annotated[bool, Form(description="also return the (aligned) input face as PNG")] = False,
 ) -> SynthesizeResponse:
     seed = random_seed() if seed is None else seed
-    check_synthesis_params(settings, synth, variants=variants, seed=seed, height=height, min_height=min_height,
-                           max_height=max_height)
+    params = synthesis_params(settings, synth, variants=variants, seed=seed, height=height, min_height=min_height,
+                              max_height=max_height, canvas=canvas)
     data = await read_upload(image, settings.max_upload_bytes)
     detector = services.model("detector") if align is Align.auto else None
     if align is Align.auto and detector is None:
@@ -117,8 +112,7 @@ async def synthesize(
         face, box = prepare_face(data, image.filename, align, settings.max_image_pixels, detector)
         if include_face:
             face_png.append(encode(face, ImageFormat.png)[0])
-        return box, synth.prepare([face], keys=[key], variants=variants, seed=seed, height=height,
-                                  min_height=min_height, max_height=max_height, canvas=canvas)
+        return box, synth.prepare([face], keys=[key], **params.synthesis())
 
     def finish(p, out):
         (made,) = synth.finish(p, out)
