@@ -25,10 +25,12 @@ from lrface.service.jobs.params import JobInputError, JobParams, is_job_id, new_
 from lrface.core.files import MANIFEST_NAME
 from lrface.core.params import AugmentParams
 from lrface.core.recordio import starts_with_magic
+from lrface.service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 _COPY_BLOCK = 1024 * 1024
+_MAX_VARIANTS = Settings.model_fields["max_variants"].default  # (for the parameter's description)
 
 
 _SYNTHESIS_FIELDS = ("variants", "seed", "height", "min_height", "max_height", "canvas")
@@ -40,7 +42,7 @@ class JobOptions(BaseModel):
     kind: Literal["augment", "embed"] = Field(
         "augment", description="augment: LR variants of every face (the default); embed: embeddings.npz of every "
         "face, as `lrface embed` writes it (the synthesis fields do not apply)")
-    variants: int = Field(4, ge=1, description="LR variants per face, 1..LRFACE_MAX_VARIANTS (64)")
+    variants: int = Field(4, ge=1, description=f"LR variants per face, 1..LRFACE_MAX_VARIANTS ({_MAX_VARIANTS})")
     seed: int | None = Field(None, ge=0, description="run seed; random (and returned) when omitted")
     height: int | None = Field(None, description="fixed LR height in px")
     min_height: int | None = None

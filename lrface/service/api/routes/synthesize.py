@@ -18,6 +18,7 @@ from lrface.core.synthesizer import Synthesizer
 from lrface.service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["synthesis"])
+_MAX_VARIANTS = Settings.model_fields["max_variants"].default  # (for the parameter's description)
 # With micro-batching, requests for this many native-size LR variants (at most 56 px high) are prepared and encoded
 # on the event loop (a fraction of a millisecond); more, or 112x96 canvases, go to the thread pool.
 INLINE_VARIANTS = 2
@@ -87,7 +88,7 @@ async def synthesize(
     settings: SettingsDep,
     synth: Annotated[Synthesizer, Depends(get_synthesizer)],
     image: Annotated[UploadFile, File(description="the face image")],
-    variants: Annotated[int, Form(ge=1, description="number of variants, 1..LRFACE_MAX_VARIANTS (64)")] = 4,
+    variants: Annotated[int, Form(ge=1, description=f"number of variants, 1..LRFACE_MAX_VARIANTS ({_MAX_VARIANTS})")] = 4,
     seed: Annotated[int | None, Form(ge=0, description="run seed; random (and returned) when omitted")] = None,
     height: Annotated[int | None, Form(description="fixed LR height in px")] = None,
     min_height: Annotated[int | None, Form(description="lowest LR height to draw")] = None,
