@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 RESULTS_DIR = REPO / "bench" / "results"
 QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
 FIXTURE_FACES = REPO / "tests" / "fixtures" / "hr"
-DEV_FACES = Path("/work/shared/data/dev/hr")
+DEV_FACES = REPO.parent / "shared" / "data" / "dev" / "hr"  # the shared data beside the checkout (../shared)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
