@@ -194,10 +194,29 @@ class RunControl:
             self.last_save = time.time()
         return reason
 
+    def end_step(self, step: int, *, stop_at: int, total_steps: int, start_step: int, log_every: int,
+                 elapsed: float, report: Callable[[dict], str]) -> str | None:
+        """The end of a training step, the same in every trainer: the progress bar, every `log_every` steps (and at
+        `stop_at`) the metrics flushed and a line `step N/TOTAL <report(last metrics)> <s/step>`, then `after_step`.
+        Returns the reason to stop, or None."""
+        self.progress.update()
+        if step % log_every == 0 or step == stop_at:
+            last = self.metrics.flush()
+            self.progress.report(f"step {step}/{total_steps} {report(last)} "
+                                 f"{elapsed / max(step - start_step, 1):.2f}s/step")
+        return self.after_step(elapsed)
+
     def finish(self) -> None:
         self.progress.close()
         self.metrics.flush()
         self.checkpoint()
+
+    def end_run(self, prog: str, stop_reason: str | None, step: int, outputs: str) -> int:
+        """The final save and the last line (`PROG: done at step N<outputs>`); the exit status (130 when
+        interrupted)."""
+        self.finish()
+        print(f"{prog}: {stop_reason + ', stopped' if stop_reason else 'done'} at step {step}{outputs}", flush=True)
+        return 130 if stop_reason == "interrupted" else 0
 
 
 class MetricsLog:

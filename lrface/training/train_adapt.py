@@ -427,24 +427,17 @@ def main(argv: list[str] | None = None) -> int:
                 tensors.update({"w_lr": w[n_hr:].mean(), **({"w_hr": w[:n_hr].mean()} if n_hr else {})})
             metrics.add({"step": step, "time": f"{elapsed_before + elapsed:.1f}", "lr": f"{lr_now:.3g}",
                          "images_per_s": f"{(step - start_step) * batch / max(elapsed, 1e-9):.1f}"}, tensors)
-            progress.update()
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                last = metrics.flush()
-                progress.report(f"step {step}/{cfg.steps} loss {last['loss']:.4f} feat_lr {last['feat_lr']:.4f} "
-                                f"contrast {last['contrast']:.3f} real {last['real_cls']:.3f} "
-                                f"cls {last['cls']:.3f} acc {last['acc']:.3f} "
-                                + (f"W_hr {last.get('w_hr', float('nan')):.3f} W_lr {last['w_lr']:.3f} "
-                                   if cfg.gate else "")
-                                + f"{elapsed / max(step - start_step, 1):.2f}s/step")
-            stop_reason = control.after_step(elapsed)
+            stop_reason = control.end_step(
+                step, stop_at=cfg.steps, total_steps=cfg.steps, start_step=start_step, log_every=cfg.log_every,
+                elapsed=elapsed, report=lambda last: (
+                    f"loss {last['loss']:.4f} feat_lr {last['feat_lr']:.4f} contrast {last['contrast']:.3f} "
+                    f"real {last['real_cls']:.3f} cls {last['cls']:.3f} acc {last['acc']:.3f}"
+                    + (f" W_hr {last.get('w_hr', float('nan')):.3f} W_lr {last['w_lr']:.3f}" if cfg.gate else "")))
             if stop_reason:
                 break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-    control.finish()
-    print(f"train-adapt: {stop_reason + ', stopped' if stop_reason else 'done'} at step {step}; {out / 'last.pt'}",
-          flush=True)
-    return 130 if stop_reason == "interrupted" else 0
+    return control.end_run("train-adapt", stop_reason, step, f"; {out / 'last.pt'}")
 
 
 if __name__ == "__main__":

@@ -295,20 +295,16 @@ def main(argv: list[str] | None = None) -> int:
                          "bicubic_frac": f"{degrade.float().mean().item():.3f}",
                          "images_per_s": f"{(step - start_step) * batch_size / max(elapsed, 1e-9):.1f}"},
                         {"loss": loss, "acc": acc})
-            progress.update()
-            if step % cfg.log_every == 0 or step == stop_at:
-                last = metrics.flush()
-                progress.report(f"step {step}/{total_steps} epoch {epoch} lr {lr_now:.4g} loss {last['loss']:.4f} "
-                                f"acc {last['acc']:.3f} {elapsed / max(step - start_step, 1):.2f}s/step")
-            stop_reason = control.after_step(elapsed)
+            stop_reason = control.end_step(
+                step, stop_at=stop_at, total_steps=total_steps, start_step=start_step, log_every=cfg.log_every,
+                elapsed=elapsed, report=lambda last: f"epoch {epoch} lr {lr_now:.4g} loss {last['loss']:.4f} "
+                                                     f"acc {last['acc']:.3f}")
             if stop_reason:
                 break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-    control.finish()
-    print(f"train-embedder: {stop_reason + ', stopped' if stop_reason else 'done'} at step {step} "
-          f"(epoch {step / steps_per_epoch:.2f}); {out / 'last.pt'}", flush=True)
-    return 130 if stop_reason == "interrupted" else 0
+    return control.end_run("train-embedder", stop_reason, step,
+                           f" (epoch {step / steps_per_epoch:.2f}); {out / 'last.pt'}")
 
 
 if __name__ == "__main__":

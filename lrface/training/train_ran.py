@@ -366,22 +366,18 @@ def main(argv: list[str] | None = None) -> int:
                         {"loss": loss, "cls_hr": cls_hr, "cls_lr": cls_lr, "acc_hr": acc_hr, "acc_lr": acc_lr,
                          "feat_dist": feat_dist, "adv_g": adv_g, "loss_d": loss_d, "w_hr": w[:batch_size].mean(),
                          "w_lr": w[batch_size:].mean(), "w_mean": w.mean()})
-            progress.update()
-            if step % cfg.log_every == 0 or step == stop_at:
-                last = metrics.flush()
-                progress.report(f"step {step}/{total_steps} lr {lr_now:.4g} loss {last['loss']:.4f} "
-                                f"acc_hr {last['acc_hr']:.3f} acc_lr {last['acc_lr']:.3f} W_hr {last['w_hr']:.3f} "
-                                f"W_lr {last['w_lr']:.3f} feat {last['feat_dist']:.4f} loss_d {last['loss_d']:.3f} "
-                                f"{elapsed / max(step - start_step, 1):.2f}s/step")
-            stop_reason = control.after_step(elapsed)
+            stop_reason = control.end_step(
+                step, stop_at=stop_at, total_steps=total_steps, start_step=start_step, log_every=cfg.log_every,
+                elapsed=elapsed, report=lambda last: (
+                    f"lr {lr_now:.4g} loss {last['loss']:.4f} acc_hr {last['acc_hr']:.3f} acc_lr {last['acc_lr']:.3f} "
+                    f"W_hr {last['w_hr']:.3f} W_lr {last['w_lr']:.3f} feat {last['feat_dist']:.4f} "
+                    f"loss_d {last['loss_d']:.3f}"))
             if stop_reason:
                 break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-    control.finish()
-    print(f"train-ran: {stop_reason + ', stopped' if stop_reason else 'done'} at step {step} "
-          f"({feature_updates} with feature supervision); {out / 'last.pt'}, {out / FIG3_NAME}", flush=True)
-    return 130 if stop_reason == "interrupted" else 0
+    return control.end_run("train-ran", stop_reason, step, f" ({feature_updates} with feature supervision); "
+                                                            f"{out / 'last.pt'}, {out / FIG3_NAME}")
 
 
 if __name__ == "__main__":
