@@ -63,7 +63,7 @@ class CeleryStack:
         port = free_port()
         log = self.workdir / "api.log"
         # The API only plans jobs; it needs no embedder or detector, and one thread is plenty.
-        self.api = spawn([sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host",
+        self.api = spawn([sys.executable, "-m", "uvicorn", "--factory", "lrface.service.api.app:create_app", "--host",
                           "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
                          self.env(1), log)
         self.base = f"http://127.0.0.1:{port}"
@@ -71,7 +71,7 @@ class CeleryStack:
 
     def start_worker(self, processes: int, threads: int) -> None:
         log = self.workdir / f"worker-{processes}.log"
-        self.worker = spawn([sys.executable, "-m", "service.cli", "worker", "--concurrency", str(processes),
+        self.worker = spawn([sys.executable, "-m", "lrface.service.cli", "worker", "--concurrency", str(processes),
                              "--loglevel", self.args.worker_loglevel], self.env(threads), log)
 
     def worker_peak_rss(self) -> dict:
@@ -169,7 +169,7 @@ def run_offline(args, data_root: Path, shards: int, processes: int, threads: int
     procs = []
     t0 = time.perf_counter()
     for i, inp in enumerate(inputs):
-        cmd = [sys.executable, "-m", "service.cli", "augment", str(inp), str(out_root / f"part-{i}"), "-k",
+        cmd = [sys.executable, "-m", "lrface.service.cli", "augment", str(inp), str(out_root / f"part-{i}"), "-k",
                str(args.variants), "--seed", "0", "--model", str(args.mrgan), "--threads", str(threads), "--device", "cpu"]
         procs.append(spawn(cmd, env, workdir / f"offline-{processes}-{i}.log"))
     peaks, cpu = [], 0.0

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 RESULTS_DIR = REPO / "bench" / "results"
 QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
 FIXTURE_FACES = REPO / "tests" / "fixtures" / "hr"
-DEV_FACES = Path("/work/shared/data/dev/hr")
+DEV_FACES = REPO.parent / "shared" / "data" / "dev" / "hr"  # the shared data beside the checkout (../shared)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -43,8 +43,8 @@ def cpu_count() -> int:
 
 
 def default_model_path(name: str) -> Path:
-    """service.inference.default_model_path without importing onnxruntime (keeps the torch child's RSS clean)."""
-    import models
+    """lrface.core.onnx_model.default_model_path without importing onnxruntime (keeps the torch child's RSS clean)."""
+    from lrface import models
 
     return Path(models.__file__).resolve().parent / "weights" / f"{name}.onnx"
 
@@ -52,9 +52,9 @@ def default_model_path(name: str) -> Path:
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--mrgan", type=Path, default=default_model_path("mrgan"),
-                   help="MR-GAN ONNX (its .json sidecar next to it); default: the shipped models/weights/mrgan.onnx")
+                   help="MR-GAN ONNX (its .json sidecar next to it); default: the shipped lrface/models/weights/mrgan.onnx")
     p.add_argument("--embedder", type=Path, default=default_model_path("embedder"),
-                   help="embedder ONNX (+ .json); default: the shipped models/weights/embedder.onnx")
+                   help="embedder ONNX (+ .json); default: the shipped lrface/models/weights/embedder.onnx")
     p.add_argument("--threads", type=int, default=cpu_count(),
                    help=f"intra-op threads per process, the same for every engine (default: all {cpu_count()} cores)")
     p.add_argument("--quick", action="store_true", help="short smoke run (< 1 min); results go to bench/results/quick/")
@@ -222,7 +222,7 @@ def descendants(pid: int) -> list[int]:
 
 def source_faces(limit: int = 64) -> tuple[list[np.ndarray], str]:
     """A few aligned 112x96 HR faces: the dev set when present, else the test fixtures."""
-    from models.face import read_image, to_canvas
+    from lrface.core.face import read_image, to_canvas
 
     for root in (DEV_FACES, FIXTURE_FACES):
         if root.is_dir():

@@ -1,7 +1,7 @@
 """HTTP: latency (p50 / p95 / p99) and throughput of POST /v1/embed and POST /v1/synthesize at concurrency 1, 8, 32,
 with micro-batching on (the default: concurrent requests share model calls) and off (one model call per request).
 
-The API runs in a child process on this machine (uvicorn with `service.api.app:create_app`, or `lrface serve`
+The API runs in a child process on this machine (uvicorn with `lrface.service.api.app:create_app`, or `lrface serve`
 with --server serve), configured through LRFACE_* variables to the given models, the CPU provider, --threads
 intra-op threads and LRFACE_MICRO_BATCH=on / off (one server per setting). The load comes from `wrk` (C, one
 thread, closed loop: C connections, each sending its next request when the previous answer is in) when it is
@@ -58,10 +58,10 @@ def start_server(args, workdir: Path, micro_batch: bool, processes: int = 1):
     })
     env.pop("LRFACE_BROKER_URL", None)
     if args.server == "serve":
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        cmd = [sys.executable, "-m", "lrface.service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--workers-in-process", "0"]
     else:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "lrface.service.api.app:create_app", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning", "--no-access-log"]
         if processes > 1:
             cmd += ["--workers", str(processes)]
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         "thread-pool thread under the compute gate"
         + (f"; with it on, model calls averaged {fmt(mean_rows.get('embedder'))} rows (embedder) and "
            f"{fmt(mean_rows.get('synthesizer'))} rows (MR-GAN) over the whole run" if mean_rows else ""),
-        f"server: {'uvicorn, service.api.app:create_app' if args.server == 'uvicorn' else 'lrface serve'}, "
+        f"server: {'uvicorn, lrface.service.api.app:create_app' if args.server == 'uvicorn' else 'lrface serve'}, "
         f"one process with {args.threads} intra-op threads per session, or (on-Np rows) N processes "
         f"(uvicorn --workers, `lrface serve --api-processes N`) with {args.threads} / N each; CPU provider; peak RSS of "
         f"the (parent) server process "

@@ -80,7 +80,7 @@ def start_server(args, workdir: Path) -> tuple[subprocess.Popen, str, Path]:
         env["LRFACE_THREADS"] = str(args.threads)
     log_path = workdir / "server.log"
     log = open(log_path, "wb")
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "lrface.service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--workers-in-process", "0"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -3,7 +3,7 @@
 Engines, each in its own process (so its peak resident memory is its own) with the same thread count:
 - `onnxruntime`: the ONNX model in an InferenceSession configured as the inference core configures it
   (intra-op threads = --threads, inter-op 1), fed pre-made float32 batches: the model alone.
-- `core`: the same through `service.inference` (`Synthesizer.synthesize` / `Embedder.embed`, max_batch = the
+- `core`: the same through `lrface.core.synthesizer` / `lrface.core.embedder` (`Synthesizer.synthesize` / `Embedder.embed`, max_batch = the
   batch): adds uint8 -> canvas -> float input and, for synthesis, the resize to the native LR size.
 - `torch`: the same network in eager torch under `torch.inference_mode()` (bench/torch_models.py), from
   --mrgan-ckpt / --embedder-ckpt, or else rebuilt from the ONNX file itself (architecture from the sidecar,
@@ -75,7 +75,8 @@ def child(args) -> dict:
                           session.run(None, feed))
     elif args.child == "core":
         from bench.common import jitter, source_faces
-        from service.inference import Embedder, Synthesizer
+        from lrface.core.embedder import Embedder
+        from lrface.core.synthesizer import Synthesizer
 
         import numpy as np
 
@@ -85,7 +86,7 @@ def child(args) -> dict:
         base_rss = rss_mib()
         cls = Synthesizer if args.model == "mrgan" else Embedder
         engine = cls(args.path, providers=["CPUExecutionProvider"], threads=args.threads, max_batch=max(batches))
-        out["built"] = f"service.inference.{cls.__name__}"
+        out["built"] = f"{cls.__module__}.{cls.__name__}"
 
         def make(b):
             keys = [f"face_{i}.jpg" for i in range(b)]

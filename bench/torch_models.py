@@ -1,7 +1,7 @@
 """The shipped ONNX networks rebuilt in eager torch, for the onnxruntime-vs-torch comparison.
 
 From a training checkpoint (`kind` mrgan / ran / embedder), exactly as `lrface export` builds the module it
-exports (training/export.py, training/train_ran.py, training/train_embedder.py). Without a checkpoint, from the
+exports (lrface/training/export.py, lrface/training/train_ran.py, lrface/training/train_embedder.py). Without a checkpoint, from the
 ONNX file itself: the architecture from the sidecar (an MR-GAN's `config`; an embedder's `model_id`, e.g.
 `ran_base-mbf_fast-step324`), the weights from the graph's initializers (`load_onnx_weights`), so the torch twin
 computes the same function as the shipped file (the parity column shows it).
@@ -19,7 +19,7 @@ from torch import nn
 
 
 def _embedding(net: nn.Module) -> nn.Module:
-    from training.train_embedder import NormalisedEmbedding
+    from lrface.training.train_embedder import NormalisedEmbedding
 
     return NormalisedEmbedding(net).eval()
 
@@ -30,24 +30,24 @@ def load_eager(onnx_path: str | Path, ckpt_path: str | Path | None, what: str) -
         ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
         kind = ckpt.get("kind")
         if kind == "mrgan":
-            from training.export import mrgan_export_module
+            from lrface.training.export import mrgan_export_module
 
             return mrgan_export_module(ckpt), f"checkpoint {ckpt_path} (mrgan, step {ckpt.get('step')})"
         if kind == "ran":
-            from training.configs.ran_base import RANConfig
-            from training.train_ran import build_model_mr
+            from lrface.training.configs.ran_base import RANConfig
+            from lrface.training.train_ran import build_model_mr
 
             model = build_model_mr(RANConfig(**ckpt["config"]), ckpt["branches"])
             model.load_state_dict(ckpt["model"])
             return _embedding(model), f"checkpoint {ckpt_path} (ran, step {ckpt.get('step')})"
         if kind == "adapt":
-            from training.configs.adapt_full import AdaptConfig
-            from training.train_adapt import build_embedder
+            from lrface.training.configs.adapt_full import AdaptConfig
+            from lrface.training.train_adapt import build_embedder
 
             net = build_embedder(AdaptConfig(**ckpt["config"]), ckpt["lr_branch"], ckpt.get("gate"))
             return _embedding(net), f"checkpoint {ckpt_path} (adapt, step {ckpt.get('step')})"
         if kind == "embedder":
-            from models.backbones import get_model
+            from lrface.models.backbones import get_model
 
             cfg = ckpt["config"]
             net = get_model(cfg["network"], embedding_dim=cfg["embedding_dim"])
@@ -57,7 +57,7 @@ def load_eager(onnx_path: str | Path, ckpt_path: str | Path | None, what: str) -
     sidecar = Path(onnx_path).with_suffix(".json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     if what == "mrgan" and isinstance(meta.get("config"), dict):
-        from models.mrgan import LRGenerator, build_generator, config_from_dict
+        from lrface.models.mrgan import LRGenerator, build_generator, config_from_dict
 
         module = LRGenerator(build_generator(config_from_dict(meta["config"])))
     elif what == "embedder":
@@ -81,11 +81,11 @@ def _embedder_from_model_id(model_id: str, dim: int) -> nn.Module | None:
     if m is None or dim < 1:
         return None
     try:
-        cfg = importlib.import_module(f"training.configs.{m[1]}").config
+        cfg = importlib.import_module(f"lrface.training.configs.{m[1]}").config
     except ImportError:
         return None
-    from models.backbones import get_model
-    from models.ran import ModelMR
+    from lrface.models.backbones import get_model
+    from lrface.models.ran import ModelMR
 
     net = ModelMR(get_model(m[2], embedding_dim=dim), get_model(m[2], embedding_dim=dim), dim,
                   cfg.translator_hidden, cfg.discriminator_hidden)
@@ -93,23 +93,23 @@ def _embedder_from_model_id(model_id: str, dim: int) -> nn.Module | None:
 
 
 def _adapt_embedder_from_model_id(model_id: str) -> nn.Module | None:
-    """The dlib-based embedders (`training.train_adapt`): `<adapt config>-dlib_resnet-step<N>` or dlib alone."""
-    from models.dlib_resnet import DlibFaceModel
+    """The dlib-based embedders (`lrface.training.train_adapt`): `<adapt config>-dlib_resnet-step<N>` or dlib alone."""
+    from lrface.models.dlib_resnet import DlibFaceModel
 
     if model_id == "dlib_resnet_v1-chipwarp":
         return _embedding(DlibFaceModel())
     if model_id == "dlib_resnet_v1-chipwarp-centred":
-        from training.train_adapt import Centred
+        from lrface.training.train_adapt import Centred
 
         return _embedding(Centred(DlibFaceModel()))
     m = re.fullmatch(r"(adapt_[a-z0-9_]+?)-dlib_resnet-step\d+", model_id)
     if m is None:
         return None
     try:
-        cfg = importlib.import_module(f"training.configs.{m[1]}").config
+        cfg = importlib.import_module(f"lrface.training.configs.{m[1]}").config
     except ImportError:
         return None
-    from training.train_adapt import build_embedder
+    from lrface.training.train_adapt import build_embedder
 
     return _embedding(build_embedder(cfg, pretrained=False))
 

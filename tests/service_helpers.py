@@ -1,7 +1,7 @@
 """Helpers of the service tests: real server / worker subprocesses, a real Redis, generated inputs, output checks."""
 from __future__ import annotations
 
-import contextlib
+import asyncio
 
 import io
 import json
@@ -45,6 +45,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "the condition"):
+    """`wait_for` inside an event loop: polls `predicate()` between turns of the loop until it is true."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.005)
+    return value
 
 
 def redis_or_skip(db: int = TEST_REDIS_DB):
@@ -158,30 +168,13 @@ class Server(Process):
 
 def serve(env: dict[str, str], tmp: Path, *args: str, new_session: bool = False) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "lrface.service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     return Server(cmd, env, port, tmp / f"serve-{port}.log", new_session=new_session)
-
-
-@contextlib.contextmanager
-def served_on_test_redis(tmp: Path, mrgan_path: Path, embedder_path: Path, *args: str, **overrides):
-    """`lrface serve` on the test Redis under a namespace of its own (removed afterwards): the module-scoped server
-    fixture of the service tests. Yields the Server, with `.tmp` set."""
-    client = redis_or_skip()
-    prefix, queue = unique_namespace()
-    env = service_env(tmp, mrgan_path, embedder_path, LRFACE_BROKER_URL=TEST_REDIS_URL, LRFACE_KEY_PREFIX=prefix,
-                      LRFACE_QUEUE=queue, **overrides)
-    srv = serve(env, tmp, *args)
-    srv.tmp = tmp
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        forget_namespace(client, prefix, queue)
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> Process:
     """A real Celery worker (solo pool: the task runs in the process we may SIGKILL)."""
-    cmd = [sys.executable, "-m", "celery", "-A", "service.celery_app", "worker", "--pool=solo", "--concurrency=1",
+    cmd = [sys.executable, "-m", "celery", "-A", "lrface.service.celery_app", "worker", "--pool=solo", "--concurrency=1",
            "--loglevel=WARNING", "-Q", env["LRFACE_QUEUE"], "-n", f"{uuid.uuid4().hex[:8]}@%h",
            "--without-gossip", "--without-mingle", "--without-heartbeat"]
     return Process(cmd, env, log_path)
@@ -229,7 +222,7 @@ def make_faces(folder: Path, n: int, scale: int = 1) -> list[str]:
 # -- outputs ---------------------------------------------------------------------------------------------------
 
 def expected_outputs(sources: list[str], variants: int) -> set[str]:
-    from service.offline import output_path
+    from lrface.core.augment import output_path
 
     return {output_path(rel, k) for rel in sources for k in range(variants)}
 

@@ -14,17 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.detect import choose_align, looks_aligned
-from service_helpers import FIXTURES, HR_FACES, RAW_PHOTOS, png_bytes, served_on_test_redis
+from lrface.core.detect import choose_align, looks_aligned
+from service_helpers import FIXTURES, HR_FACES, RAW_PHOTOS, png_bytes
+
+pytestmark = [pytest.mark.redis, pytest.mark.process]
 
 LR_CAPTURES = sorted((FIXTURES / "lr").glob("*/*"))
 BLANK_LANDSCAPE = png_bytes(np.full((200, 300, 3), 128, np.uint8))  # a photo with no face in it
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, mrgan_path, embedder_path):
-    with served_on_test_redis(tmp_path_factory.mktemp("align"), mrgan_path, embedder_path) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +99,7 @@ def test_bad_input_dir_errors_name_the_data_root_setting(http):
 
 
 def _lrface(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lrface.service.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env=env)
 
 
@@ -153,8 +149,8 @@ def test_cli_embed_default_matches_the_api_and_leaves_out_faceless_photos(http, 
 
 
 def test_eval_defaults_to_the_shipped_embedder(tmp_path, embedder_path, monkeypatch):
-    from service.inference import default_model_path
-    from training import evaluate
+    from lrface.core.onnx_model import default_model_path
+    from lrface.training import evaluate
 
     if embedder_path != default_model_path("embedder"):
         pytest.skip("LRFACE_TEST_WEIGHTS_DIR points elsewhere: the shipped embedder is not the one under test")

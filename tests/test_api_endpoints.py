@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
 from service_helpers import (
     HR_FACES,
     RAW_PHOTOS,
@@ -25,19 +25,15 @@ from service_helpers import (
     wait_for,
 )
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, mrgan_path, embedder_path):
-    tmp = tmp_path_factory.mktemp("serve")
-    env = service_env(tmp, mrgan_path, embedder_path, LRFACE_CHUNK_SIZE=3)
-    server = serve(env, tmp)
-    server.tmp, server.env = tmp, env
-    yield server
-    server.stop()
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
+SERVER_ON_TEST_REDIS = False  # `lrface serve` as it runs out of the box: the embedded broker and worker
+SERVER_ENV = dict(LRFACE_CHUNK_SIZE=3)
 
 
 @pytest.fixture(scope="module")
-def http(stack):
-    with stack.client() as client:
+def http(server):
+    with server.client() as client:
         yield client
 
 
@@ -134,8 +130,8 @@ def _wait_job(http, job_id: str, timeout: float = 120) -> dict:
                     timeout, 0.2, f"job {job_id}")
 
 
-def test_job_over_a_folder_runs_to_completion(http, stack):
-    sources = make_faces(stack.tmp / "data" / "faces", 7)
+def test_job_over_a_folder_runs_to_completion(http, server):
+    sources = make_faces(server.tmp / "data" / "faces", 7)
     r = http.post("/v1/jobs", json={"input_dir": "faces", "variants": 2, "seed": 9})
     assert r.status_code == 202, r.text
     job = r.json()
@@ -171,8 +167,8 @@ def test_job_from_an_uploaded_archive(http):
         assert Image.open(out / row["output"]).size == (FACE_WIDTH, FACE_HEIGHT)  # canvas outputs
 
 
-def test_cancel_a_job(http, stack):
-    make_faces(stack.tmp / "data" / "many", 12)
+def test_cancel_a_job(http, server):
+    make_faces(server.tmp / "data" / "many", 12)
     job = http.post("/v1/jobs", json={"input_dir": "many", "variants": 4}).json()
     CREATED_JOBS.append(job["job_id"])
     r = http.delete(f"/v1/jobs/{job['job_id']}")
@@ -188,16 +184,16 @@ def test_metrics_count_requests_images_and_jobs(http):
     assert 'lrface_jobs_total{event="succeeded"}' in text
 
 
-def test_job_state_survives_a_restart_of_serve(stack, http):
+def test_job_state_survives_a_restart_of_serve(server, http):
     jobs = list(CREATED_JOBS)
     assert jobs, "earlier tests created jobs"
     before = {j: http.get(f"/v1/jobs/{j}").json()["state"] for j in jobs}
     http.close()
-    children = child_pids(stack.proc.pid)
+    children = child_pids(server.proc.pid)
     assert len(children) >= 2, "serve should run an embedded redis-server and a worker"
-    assert stack.stop() == 0  # SIGTERM: a clean exit ...
+    assert server.stop() == 0  # SIGTERM: a clean exit ...
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and _state_of(pid) != "Z"]  # ... children gone
-    restarted = serve(stack.env, stack.tmp)
+    restarted = serve(server.env, server.tmp)
     try:
         with restarted.client() as client:
             after = {j: client.get(f"/v1/jobs/{j}").json()["state"] for j in jobs}

@@ -14,48 +14,30 @@ import zipfile
 import numpy as np
 import pytest
 
-from service.api import create_app
-from service.settings import Settings
-from service_helpers import (
-    HR_FACES,
-    TEST_REDIS_URL,
-    bomb_png,
-    forget_namespace,
-    make_faces,
-    png_bytes,
-    redis_or_skip,
-    serve,
-    service_env,
-    unique_namespace,
-)
+from lrface.service.api import create_app
+from lrface.service.settings import Settings
+from service_helpers import HR_FACES, bomb_png, make_faces, png_bytes
+
+pytestmark = [pytest.mark.redis, pytest.mark.process]
 
 KEY = "test-key-0123456789"
 MAX_UPLOAD = 64 * 1024
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, mrgan_path, embedder_path):
-    client = redis_or_skip()
-    prefix, queue = unique_namespace()
-    tmp = tmp_path_factory.mktemp("errors")
-    env = service_env(
-        tmp, mrgan_path, embedder_path,
-        LRFACE_BROKER_URL=TEST_REDIS_URL, LRFACE_KEY_PREFIX=prefix, LRFACE_QUEUE=queue,
-        LRFACE_API_KEYS=f"other-key,{KEY}", LRFACE_MAX_UPLOAD_BYTES=MAX_UPLOAD, LRFACE_MAX_EMBED_IMAGES=3,
-        LRFACE_MAX_ARCHIVE_BYTES=2 * 1024 * 1024, LRFACE_MAX_ARCHIVE_MEMBERS=10,
-        LRFACE_MAX_ARCHIVE_TOTAL_BYTES=8 * 1024 * 1024, LRFACE_MAX_ARCHIVE_RATIO=50,
-    )
+SERVER_ENV = dict(
+    LRFACE_API_KEYS=f"other-key,{KEY}", LRFACE_MAX_UPLOAD_BYTES=MAX_UPLOAD, LRFACE_MAX_EMBED_IMAGES=3,
+    LRFACE_MAX_ARCHIVE_BYTES=2 * 1024 * 1024, LRFACE_MAX_ARCHIVE_MEMBERS=10,
+    LRFACE_MAX_ARCHIVE_TOTAL_BYTES=8 * 1024 * 1024, LRFACE_MAX_ARCHIVE_RATIO=50,
+)
+
+
+def prepare_server(tmp):
     data = tmp / "data"
     make_faces(data / "faces", 2)
     outside = tmp / "outside"
     make_faces(outside, 1)
     os.symlink(outside, data / "escape")
     os.symlink(outside / "group0" / "face_00.png", data / "faces" / "group0" / "linked.png")
-    srv = serve(env, tmp)
-    srv.tmp = tmp
-    yield srv
-    srv.stop()
-    forget_namespace(client, prefix, queue)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +245,6 @@ def test_unknown_route_and_wrong_method_are_json(http):
     _error(http.get("/v1/synthesize"), 405, "method_not_allowed")
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_unexpected_errors_are_json_500s(tmp_path):
     from fastapi.testclient import TestClient
 
@@ -279,7 +260,6 @@ def test_unexpected_errors_are_json_500s(tmp_path):
     assert r.json() == {"error": "internal_error", "message": "internal server error"}
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_missing_models_and_broker_make_the_service_unready_not_broken(tmp_path):
     from fastapi.testclient import TestClient
 

@@ -5,12 +5,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.backbones import MODELS, count_parameters, get_model  # noqa: E402
-from training.losses import (ArcFace, CosFace, MarginHead, feature_loss, margin_loss)  # noqa: E402
-from training.train_embedder import bicubic_degrade, learning_rate  # noqa: E402
+from lrface.models.backbones import MODELS, count_parameters, get_model  # noqa: E402
+from lrface.training.losses import (ArcFace, CosFace, MarginHead, feature_loss, margin_loss)  # noqa: E402
+from lrface.training.train_embedder import bicubic_degrade, learning_rate  # noqa: E402
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.mark.parametrize("name, dim", [("mbf_tiny", 32), ("mbf_small", 128), ("mbf_fast", 128), ("iresnet18", 64)])

@@ -22,20 +22,13 @@ import zipfile
 import httpx
 import pytest
 
-from service.api.errors import APIError
-from service.api.limits import InferenceLimiter
-from service.settings import Settings
-from service_helpers import (
-    HR_FACES,
-    TEST_REDIS_URL,
-    forget_namespace,
-    make_faces,
-    redis_or_skip,
-    serve,
-    service_env,
-    unique_namespace,
-)
+from lrface.service.api.errors import APIError
+from lrface.service.api.limits import InferenceLimiter
+from lrface.service.settings import Settings
+from service_helpers import HR_FACES, make_faces, until
 from test_faults import HalfSentRequest, _multipart
+
+pytestmark = [pytest.mark.redis, pytest.mark.process]
 
 RETRY_AFTER = 3
 JOBS_RETRY_AFTER = 7
@@ -61,8 +54,7 @@ def test_the_limiter_bounds_concurrency_and_waiting_time():
                 await release.wait()
 
         holders = [asyncio.create_task(hold()) for _ in range(2)]
-        await asyncio.sleep(0.05)
-        assert limiter.active == 2
+        await until(lambda: limiter.active == 2, what="both holders in their slots")
         start = time.monotonic()
         with pytest.raises(APIError) as err:
             async with limiter.slot():
@@ -80,9 +72,8 @@ def test_the_limiter_bounds_concurrency_and_waiting_time():
     assert shed == ["queue_timeout"] and limiter.active == 0 and limiter.waiting == 0
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_a_request_waiting_too_long_for_its_turn_gets_503(tmp_path, mrgan_path, embedder_path):
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     # Without micro-batching the model call itself runs under the compute gate (with it, see the next test).
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1,
@@ -107,7 +98,7 @@ def test_a_request_waiting_too_long_for_its_turn_gets_503(tmp_path, mrgan_path, 
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
             first = asyncio.create_task(client.post("/v1/embed", files=[("images", FACE)]))
-            await asyncio.sleep(0.2)
+            await until(lambda: services.limiter.active == 1, what="the first request in the compute slot")
             second = await client.post("/v1/embed", files=[("images", FACE)])
             gate.set()
             return await first, second
@@ -118,9 +109,8 @@ def test_a_request_waiting_too_long_for_its_turn_gets_503(tmp_path, mrgan_path, 
     assert second.headers["retry-after"] == str(RETRY_AFTER)
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_a_request_waiting_too_long_in_the_batcher_or_finding_it_full_gets_503(tmp_path, mrgan_path, embedder_path):
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1,
                         state_dir=tmp_path, inference_queue_timeout=0.3, retry_after_s=RETRY_AFTER,
@@ -142,10 +132,9 @@ def test_a_request_waiting_too_long_in_the_batcher_or_finding_it_full_gets_503(t
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
             first = asyncio.create_task(client.post("/v1/embed", files=[("images", FACE)]))
-            while not started.is_set():
-                await asyncio.sleep(0.01)
+            await until(started.is_set, what="the first batch to start")
             second = asyncio.create_task(client.post("/v1/embed", files=[("images", FACE)]))  # queued
-            await asyncio.sleep(0.1)
+            await until(lambda: batcher.pending() == 1, what="the second request in the batcher's queue")
             third = await client.post("/v1/embed", files=[("images", FACE)])  # the queue (1) is full
             await asyncio.sleep(0.4)  # the second request has now waited longer than the queue timeout
             gate.set()
@@ -166,24 +155,15 @@ def test_a_request_waiting_too_long_in_the_batcher_or_finding_it_full_gets_503(t
 
 # -- over real HTTP --------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, mrgan_path, embedder_path):
-    client = redis_or_skip()
-    prefix, queue = unique_namespace()
-    tmp = tmp_path_factory.mktemp("backpressure")
-    env = service_env(
-        tmp, mrgan_path, embedder_path,
-        LRFACE_BROKER_URL=TEST_REDIS_URL, LRFACE_KEY_PREFIX=prefix, LRFACE_QUEUE=queue,
-        LRFACE_INFERENCE_CONCURRENCY=1, LRFACE_INFERENCE_QUEUE_SIZE=1, LRFACE_INFERENCE_QUEUE_TIMEOUT=20,
-        LRFACE_BODY_IDLE_TIMEOUT=IDLE_TIMEOUT, LRFACE_BODY_TIMEOUT=20, LRFACE_MAX_ACTIVE_JOBS=2,
-        LRFACE_RETRY_AFTER_S=RETRY_AFTER, LRFACE_JOBS_RETRY_AFTER_S=JOBS_RETRY_AFTER,
-    )
+SERVER_ENV = dict(
+    LRFACE_INFERENCE_CONCURRENCY=1, LRFACE_INFERENCE_QUEUE_SIZE=1, LRFACE_INFERENCE_QUEUE_TIMEOUT=20,
+    LRFACE_BODY_IDLE_TIMEOUT=IDLE_TIMEOUT, LRFACE_BODY_TIMEOUT=20, LRFACE_MAX_ACTIVE_JOBS=2,
+    LRFACE_RETRY_AFTER_S=RETRY_AFTER, LRFACE_JOBS_RETRY_AFTER_S=JOBS_RETRY_AFTER,
+)
+
+
+def prepare_server(tmp):
     make_faces(tmp / "data" / "faces", 2)
-    srv = serve(env, tmp)
-    srv.tmp, srv.redis, srv.prefix = tmp, client, prefix
-    yield srv
-    srv.stop()
-    forget_namespace(client, prefix, queue)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Micro-batching (service.inference.MicroBatcher and the models' micro_batch mode, used by the API).
+"""Micro-batching (lrface.core.batching.MicroBatcher and the models' micro_batch mode, used by the API).
 
 - the batcher: concurrent requests share model calls of at most max_batch rows, every request gets exactly its own
   rows back, a request larger than a batch runs alone in chunks, a full queue refuses at once (Overloaded), a
@@ -27,10 +27,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.face import encode_png
-from service.inference import BatcherClosed, Embedder, MicroBatcher, Overloaded, Synthesizer
-from service.settings import Settings
-from service_helpers import HR_FACES
+from lrface.core.face import encode_png
+from lrface.core.batching import BatcherClosed, MicroBatcher, Overloaded
+from lrface.core.embedder import Embedder
+from lrface.core.synthesizer import Synthesizer
+from lrface.service.settings import Settings
+from service_helpers import HR_FACES, until, wait_for
 
 FACES = [np.asarray(Image.open(p).convert("RGB")) for p in HR_FACES]
 
@@ -113,7 +115,7 @@ def test_close_finishes_the_queued_requests_first():
     model.started.wait(5)
     closer = threading.Thread(target=batcher.close)
     closer.start()
-    time.sleep(0.1)
+    wait_for(lambda: batcher.closed, 10, 0.005, "close() to start")
     model.gate.set()
     closer.join(10)
     assert not closer.is_alive()
@@ -207,8 +209,7 @@ def test_waiting_lets_a_batch_fill_and_expired_or_cancelled_requests_are_dropped
 
     async def scenario():
         running = batcher.submit_async(rows(0, 1))
-        while not model.started.is_set():
-            await asyncio.sleep(0.01)
+        await until(model.started.is_set, what="the first call to start")
         expired = batcher.submit_async(rows(1, 1))
         cancelled = batcher.submit_async(rows(2, 1))
         cancelled.cancel()
@@ -280,7 +281,7 @@ def test_batched_synthesis_is_byte_identical_to_unbatched(mrgan_path):
 # -- the API --------------------------------------------------------------------------------------------------------
 
 def _app(mrgan_path, embedder_path, tmp_path, micro_batch: bool):
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1, providers=["cpu"],
                         state_dir=tmp_path / ("mb" if micro_batch else "plain"), load_models_on_startup=False,
@@ -311,7 +312,6 @@ async def _post_all(app, requests, concurrent_: bool):
         return [await client.post(path, **kw) for path, kw in requests]
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_concurrent_api_requests_answer_as_sequential_unbatched_ones(tmp_path, mrgan_path, embedder_path):
     requests = _requests()
     plain_app = _app(mrgan_path, embedder_path, tmp_path, micro_batch=False)
@@ -342,7 +342,7 @@ def test_concurrent_api_requests_answer_as_sequential_unbatched_ones(tmp_path, m
 
 @pytest.mark.parametrize("inline", [True, False])
 def test_a_lone_embed_request_runs_on_the_event_loop_thread_when_inline_is_on(tmp_path, mrgan_path, embedder_path, inline):
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1, providers=["cpu"],
                         state_dir=tmp_path, load_models_on_startup=False, inline_lone_requests=inline)
@@ -376,7 +376,7 @@ def test_a_lone_embed_request_runs_on_the_event_loop_thread_when_inline_is_on(tm
 
 
 def test_inline_embedding_is_kept_to_small_batches(embedder_path):
-    from service.inference import INLINE_MAX_ROWS
+    from lrface.core.embedder import INLINE_MAX_ROWS
 
     embedder = Embedder(embedder_path, threads=1, micro_batch=True)
     run, threads = embedder.batcher._run, []

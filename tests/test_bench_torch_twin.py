@@ -11,6 +11,8 @@ torch = pytest.importorskip("torch")
 
 from bench.torch_models import _module_name, load_eager  # noqa: E402
 
+pytestmark = [pytest.mark.torch]
+
 
 def test_scope_names_map_to_module_names():
     assert _module_name("/net/hr_branch/stem/stem.0/stem.0.0/Conv") == "net.hr_branch.stem.0.0"

@@ -24,22 +24,17 @@ from lrface.client import (
     RateLimitedError,
     Variant,
 )
-from models.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
-from service_helpers import HR_FACES, RAW_PHOTOS, make_faces, serve, service_env
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
+from service_helpers import HR_FACES, RAW_PHOTOS, make_faces
+
+pytestmark = [pytest.mark.process]
 
 API_KEY = "client-test-key"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, mrgan_path, embedder_path):
-    tmp = tmp_path_factory.mktemp("client")
-    # One job at a time, retried after 1 s: the retry test makes the second job wait for the first.
-    env = service_env(tmp, mrgan_path, embedder_path, LRFACE_API_KEYS=API_KEY, LRFACE_CHUNK_SIZE=4,
-                      LRFACE_MAX_ACTIVE_JOBS=1, LRFACE_JOBS_RETRY_AFTER_S=1)
-    server = serve(env, tmp)
-    server.tmp = tmp
-    yield server
-    server.stop()
+# The embedded broker; one job at a time, retried after 1 s: the retry test makes the second job wait for the first.
+SERVER_ON_TEST_REDIS = False
+SERVER_ENV = dict(LRFACE_API_KEYS=API_KEY, LRFACE_CHUNK_SIZE=4, LRFACE_MAX_ACTIVE_JOBS=1, LRFACE_JOBS_RETRY_AFTER_S=1)
 
 
 @pytest.fixture()

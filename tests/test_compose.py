@@ -25,6 +25,8 @@ from service_helpers import (
     wait_for,
 )
 
+pytestmark = [pytest.mark.redis]
+
 COMPOSE = REPO / "docker-compose.yml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
@@ -93,7 +95,7 @@ def _local(svc: dict, name: str, tmp: Path, extra_env: dict[str, str]) -> tuple[
     full_env.update(extra_env)
     cmd = list(svc["command"])
     assert cmd[0] == "lrface"
-    return [sys.executable, "-m", "service.cli", *cmd[1:]], full_env
+    return [sys.executable, "-m", "lrface.service.cli", *cmd[1:]], full_env
 
 
 @pytest.fixture(scope="module")

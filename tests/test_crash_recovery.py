@@ -2,7 +2,7 @@
 
 The visibility timeout (1 h) and the stall sweeper (300 s) keep their defaults here, so a job that finishes soon
 after the restart shows that `lrface serve` handed out again, at once, the chunk its dead worker held
-(service.server.recover_embedded_jobs): with the whole process group SIGKILLed, with only the main process
+(lrface.service.server.recover_embedded_jobs): with the whole process group SIGKILLed, with only the main process
 SIGKILLed (its children follow it), with only the embedded worker SIGKILLed (its supervisor restarts it), and
 with the process group SIGTERMed (a clean stop, the job goes on after the restart).
 Each time: exactly one output per (image, variant), a manifest that matches the disk, no temp file.
@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from service_helpers import check_job_outputs, child_pids, make_faces, serve, service_env, wait_for
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 FACES, VARIANTS, CHUNK = 40, 2, 4
 FINISHED = ("succeeded", "failed", "cancelled")

@@ -1,4 +1,4 @@
-"""The JPEG fast path of models.face.decode_image (simplejpeg, libjpeg-turbo): the same pixels and the same
+"""The JPEG fast path of lrface.core.face.decode_image (simplejpeg, libjpeg-turbo): the same pixels and the same
 errors as Pillow's path, and Pillow still decodes whatever the fast path does not take (EXIF orientation, CMYK,
 other formats, broken files)."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import models.face as face
-from models.face import ImageDecodeError, decode_image
+import lrface.core.face as face
+from lrface.core.face import ImageDecodeError, decode_image
 from service_helpers import HR_FACES
 
 pytest.importorskip("simplejpeg")

@@ -1,4 +1,4 @@
-"""Hand-made LR baselines (training/degradations.py) and the realism two-sample test (training/realism.py)."""
+"""Hand-made LR baselines (lrface/training/degradations.py) and the realism two-sample test (lrface/training/realism.py)."""
 from __future__ import annotations
 
 import csv
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.face import encode_png, lr_width_for_height, read_image, resize_rgb
-from training.degradations import bicubic_lr, blur_noise_jpeg_lr, file_rng
+from lrface.core.face import encode_png, lr_width_for_height, read_image, resize_rgb
+from lrface.training.degradations import bicubic_lr, blur_noise_jpeg_lr, file_rng
+
+pytestmark = [pytest.mark.torch]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FACE = FIXTURES / "hr" / "Alex_Penelas" / "Alex_Penelas_0001.jpg"
@@ -38,7 +40,7 @@ def test_blur_noise_jpeg_is_deterministic_for_a_seed_and_varies_across_seeds():
 
 def test_degradation_script_uses_each_stems_capture_height_and_is_reproducible(tmp_path):
     def run(out: Path) -> dict[str, bytes]:
-        subprocess.run([sys.executable, "-m", "training.degradations", str(FIXTURES / "hr"), str(out),
+        subprocess.run([sys.executable, "-m", "lrface.training.degradations", str(FIXTURES / "hr"), str(out),
                         "--method", "blur_noise_jpeg", "--heights-from", str(FIXTURES / "images.csv"), "--seed", "2"],
                        check=True, capture_output=True, timeout=60)
         return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
@@ -81,7 +83,7 @@ def _write(folder: Path, images: list[np.ndarray]) -> Path:
 @pytest.fixture(scope="module")
 def realism():
     pytest.importorskip("torch")
-    from training import realism
+    from lrface.training import realism
 
     return realism
 

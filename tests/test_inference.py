@@ -1,4 +1,4 @@
-"""The inference core (service/inference.py): shapes, reproducibility, height sampling, argument checks."""
+"""The inference core (lrface/core/onnx_model.py, synthesizer.py, embedder.py): shapes, reproducibility, height sampling, argument checks."""
 from __future__ import annotations
 
 import subprocess
@@ -10,14 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.face import lr_width_for_height, read_image
-from service.inference import (
-    Embedder,
-    ModelNotFoundError,
-    Synthesizer,
-    default_model_path,
-    execution_providers,
-)
+from lrface.core.face import lr_width_for_height, read_image
+from lrface.core.embedder import Embedder
+from lrface.core.onnx_model import ModelNotFoundError, default_model_path, execution_providers
+from lrface.core.synthesizer import Synthesizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HR_FACES = sorted((FIXTURES / "hr").rglob("*.jpg"))
@@ -36,7 +32,7 @@ def _keys(n: int) -> list[str]:
 # -- helpers that need no model ------------------------------------------------------------------------------
 
 def test_default_model_path_points_into_the_models_package():
-    import models
+    from lrface import models
 
     path = default_model_path("mrgan")
     assert path == Path(models.__file__).resolve().parent / "weights" / "mrgan.onnx"
@@ -59,7 +55,7 @@ def test_execution_providers_end_with_cpu_and_reject_unknown_names():
 
 
 def test_inference_modules_never_import_torch():
-    code = ("import sys, service.inference, service.offline, training.degradations; "
+    code = ("import sys, lrface.core.synthesizer, lrface.core.embedder, lrface.service.offline, lrface.training.degradations; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -122,7 +118,7 @@ def test_model_rows_are_the_documented_draws_and_the_capture_is_cropped(synthesi
     top-left h x w corner of the model's `lr` output."""
     import onnxruntime as ort
 
-    from models.face import FACE_HEIGHT, from_model_output, to_model_input
+    from lrface.core.face import FACE_HEIGHT, from_model_output, to_model_input
 
     key, seed, k = _keys(1)[0], 9, 1
     rng = np.random.default_rng([seed, zlib.crc32(key.encode()), k])

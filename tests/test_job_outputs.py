@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from service.api.job_outputs import TarStream, iter_zip, parse_range
+from lrface.service.api.job_outputs import TarStream, iter_zip, parse_range
 
 PREFIX = "0123456789abcdef0123456789abcdef/"
 

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from service.celery_app import make_celery
-from service.jobs import JobParams, JobStore, new_job_id, submit_job
-from service.settings import Settings
+from lrface.service.celery_app import make_celery
+from lrface.service.jobs.lifecycle import submit_job
+from lrface.service.jobs.params import JobParams, new_job_id
+from lrface.service.jobs.recovery import broker_inventory
+from lrface.service.jobs.store import JobStore
+from lrface.service.settings import Settings
 from service_helpers import (
     TEST_REDIS_URL,
     check_job_outputs,
@@ -22,6 +24,8 @@ from service_helpers import (
     unique_namespace,
     wait_for,
 )
+
+pytestmark = [pytest.mark.redis, pytest.mark.process]
 
 VISIBILITY_TIMEOUT = 3  # seconds before a task held by a dead worker is handed out again
 # seconds without progress before the workers' sweeper re-queues a chunk the broker lost (a SIGKILL between
@@ -119,8 +123,8 @@ def test_cancelling_a_job_stops_its_remaining_chunks(bulk):
     assert changed and state == "cancelled"
     at_cancel = _state(bulk, running)["chunks_done"]
     # Every task is taken and answered (as a no-op) once the queue is empty and nothing is held any more.
-    wait_for(lambda: bulk.redis.llen(bulk.queue) == 0, 60, 0.1, "the queue to drain")
-    time.sleep(1.0)
+    wait_for(lambda: not any(broker_inventory(bulk.redis, bulk.queue, {before_start, running}).values()), 60, 0.05,
+             "the broker to hold no task of either job (queued or unacknowledged)")
 
     cancelled_early = _state(bulk, before_start)
     assert cancelled_early["state"] == "cancelled" and cancelled_early["chunks_done"] == 0

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.offline import main_embed
+from lrface.service.offline import main_embed
 from service_helpers import (
     TEST_REDIS_URL,
     expected_outputs,
@@ -27,6 +27,8 @@ from service_helpers import (
     unique_namespace,
     wait_for,
 )
+
+pytestmark = [pytest.mark.redis, pytest.mark.process]
 
 KEY_A, KEY_B = "key-a-0123456789", "key-b-9876543210"
 N_FACES = 12

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from service.jobs import ArchiveLimits, JobInputError, extract_archive, plan_job_sources, resolve_input_dir
+from lrface.service.jobs.archives import ArchiveLimits, extract_archive
+from lrface.service.jobs.inputs import plan_job_sources, resolve_input_dir
+from lrface.service.jobs.params import JobInputError
 
 LIMITS = ArchiveLimits(max_members=20, max_total_bytes=4 * 1024 * 1024, max_ratio=50.0)
 

@@ -9,17 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from service.jobs import (
-    JobInputError,
-    JobParams,
-    JobStore,
-    new_job_id,
-    purge_expired_jobs,
-    purge_job,
-    resolve_input_dir,
-    submit_job,
-)
-from service.settings import Settings
+from lrface.service.jobs.inputs import resolve_input_dir
+from lrface.service.jobs.lifecycle import purge_expired_jobs, purge_job, submit_job
+from lrface.service.jobs.params import JobInputError, JobParams, new_job_id
+from lrface.service.jobs.store import JobStore
+from lrface.service.settings import Settings
 from service_helpers import (
     HR_FACES,
     RAW_PHOTOS,
@@ -34,6 +28,8 @@ from service_helpers import (
     wait_for,
 )
 from test_recordio import insightface_dataset
+
+pytestmark = [pytest.mark.redis, pytest.mark.process]
 
 
 @pytest.fixture
@@ -165,7 +161,7 @@ def test_retention_purges_jobs_finished_longer_ago_than_the_setting(jobs):
 
 
 def test_the_workers_sweeper_applies_the_retention(jobs, monkeypatch):
-    from service import tasks
+    from lrface.service import tasks
 
     finished = jobs.submit()
     jobs.store.transition(finished, "succeeded", ("queued",))
@@ -190,13 +186,12 @@ def test_a_rec_whose_index_leads_outside_the_data_root_is_refused(jobs):
     assert err.value.status_code == 403
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_jobs_over_a_server_side_rec_and_an_uploaded_rec(jobs, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from service import tasks
-    from service.api import create_app
-    from service.celery_app import make_celery
+    from lrface.service import tasks
+    from lrface.service.api import create_app
+    from lrface.service.celery_app import make_celery
 
     celery = make_celery(jobs.settings)  # (this process's own Celery app is configured from its environment)
     monkeypatch.setattr(tasks, "enqueue_chunk", lambda job_id, index, paths: celery.send_task(
@@ -236,8 +231,8 @@ def test_jobs_over_a_server_side_rec_and_an_uploaded_rec(jobs, monkeypatch):
 def test_an_embedding_job_aligns_each_image_as_lrface_embed_does(jobs, embedder_path):
     """Photos get their face detected and aligned, aligned crops are taken as they are, a photo without a face is a
     no_face failure: the job and the command share that decision, and so write the same embeddings."""
-    from service.celery_app import make_celery
-    from service.offline import main_embed
+    from lrface.service.celery_app import make_celery
+    from lrface.service.offline import main_embed
 
     src = jobs.tmp / "data" / "mixed"
     src.mkdir()

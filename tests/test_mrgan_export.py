@@ -10,12 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.mrgan import build_generator
-from training import export
-from training.configs import load_config
+from lrface.models.mrgan import build_generator
+from lrface.training import export
+from lrface.training.configs import load_config
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def make_checkpoint(name: str, path, step: int = 7) -> dict:
@@ -94,9 +94,9 @@ def test_generator_without_sensor_stage_has_no_noise_input(tmp_path):
 
 def test_other_kinds_dispatch_to_their_trainer(tmp_path, monkeypatch):
     calls = []
-    fake = types.ModuleType("training.train_embedder")
+    fake = types.ModuleType("lrface.training.train_embedder")
     fake.export_onnx = lambda ckpt, out: calls.append((ckpt["kind"], str(out)))
-    monkeypatch.setitem(sys.modules, "training.train_embedder", fake)
+    monkeypatch.setitem(sys.modules, "lrface.training.train_embedder", fake)
     torch.save({"kind": "embedder"}, tmp_path / "e.pt")
     assert export.main([str(tmp_path / "e.pt"), str(tmp_path / "e.onnx")]) == 0
     assert calls == [("embedder", str(tmp_path / "e.onnx"))]

@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from models.face import FACE_HEIGHT, FACE_WIDTH, REGION_BY_NAME, REGIONS, lr_width_for_height
-from models.mrgan import (LRGenerator, LocalGenerator, MRGANConfig, build_discriminators, build_generator,
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, REGION_BY_NAME, REGIONS, lr_width_for_height
+from lrface.models.mrgan import (LRGenerator, LocalGenerator, MRGANConfig, build_discriminators, build_generator,
                           count_parameters, resample_to_lr)
-from training.configs import load_config
-from training.gan_losses import attention_activation_loss
+from lrface.training.configs import load_config
+from lrface.training.gan_losses import attention_activation_loss
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

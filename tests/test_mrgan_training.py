@@ -6,15 +6,15 @@ import pytest
 import torch
 from PIL import Image
 
-from models.face import to_canvas, to_lr_size
-from training import train_mrgan
-from training.train_mrgan import RealLRPool, bottleneck, height_distribution, sample_step
+from lrface.core.face import to_canvas, to_lr_size
+from lrface.training import train_mrgan
+from lrface.training.train_mrgan import RealLRPool, bottleneck, height_distribution, sample_step
 
 ABLATIONS = ["mrgan_base", "mrgan_no_attn_loss", "mrgan_no_attention", "mrgan_no_local_gen",
              "mrgan_no_local_gen_no_attention", "mrgan_no_local_gen_no_attention_no_local_disc"]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.face import lr_width_for_height
+from lrface.core.face import lr_width_for_height
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SOURCES = sorted(p.relative_to(FIXTURES / "hr").as_posix() for p in (FIXTURES / "hr").rglob("*.jpg"))
@@ -19,7 +19,7 @@ SOURCES = sorted(p.relative_to(FIXTURES / "hr").as_posix() for p in (FIXTURES / 
 
 def lrface(*args, check_rc: int | None = 0) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("lrface")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "lrface.service.cli"]
     proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=120)
     if check_rc is not None:
         assert proc.returncode == check_rc, f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"

@@ -9,6 +9,8 @@ import pytest
 
 from service_helpers import REPO
 
+pytestmark = [pytest.mark.slow]
+
 
 def test_the_wheel_ships_the_client_and_the_demo(tmp_path):
     pytest.importorskip("setuptools")
@@ -20,10 +22,16 @@ def test_the_wheel_ships_the_client_and_the_demo(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         zf.extractall(tmp_path / "site")
-    assert {"lrface/__init__.py", "lrface/client.py", "service/api/demo/index.html", "service/api/demo/demo.js",
-            "service/api/demo/demo.css"} <= names
+        entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    assert {"lrface/__init__.py", "lrface/client.py", "lrface/service/api/demo/index.html", "lrface/service/api/demo/demo.js",
+            "lrface/service/api/demo/demo.css"} <= names
+    # one top-level package, lrface (no generic `models`, `service` or `training` beside it), with its package data
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"lrface"}
+    assert {"lrface/models/weights/mrgan.onnx", "lrface/models/weights/embedder.json", "lrface/models/weights/embedder.md",
+            "lrface/training/configs/adapt_full.py", "lrface/core/face.py"} <= names
+    assert "lrface = lrface.service.cli:main" in entry_points
     # Imported from the unpacked wheel alone (not from the source tree): the client and the demo page are there.
-    code = ("import lrface.client, service.api.routes.demo as demo; from lrface.client import Client, AsyncClient; "
+    code = ("import lrface.client, lrface.service.api.routes.demo as demo; from lrface.client import Client, AsyncClient; "
             "assert (demo.DEMO_DIR / 'index.html').is_file(); print(lrface.client.__file__, demo.DEMO_DIR)")
     run = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); {code}"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)

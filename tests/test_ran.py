@@ -11,15 +11,15 @@ pytest.importorskip("onnx")
 
 from PIL import Image  # noqa: E402
 
-from models.backbones import get_model  # noqa: E402
-from models.face import lr_width_for_height  # noqa: E402
-from models.ran import ModelMR  # noqa: E402
-from training import train_embedder, train_ran  # noqa: E402
-from training.train_embedder import NormalisedEmbedding, load_checkpoint  # noqa: E402
-from training.train_ran import feature_supervision_applies, source_stem  # noqa: E402
+from lrface.models.backbones import get_model  # noqa: E402
+from lrface.core.face import lr_width_for_height  # noqa: E402
+from lrface.models.ran import ModelMR  # noqa: E402
+from lrface.training import train_embedder, train_ran  # noqa: E402
+from lrface.training.train_embedder import NormalisedEmbedding, load_checkpoint  # noqa: E402
+from lrface.training.train_ran import feature_supervision_applies, source_stem  # noqa: E402
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def tiny_model_mr(seed: int = 0) -> ModelMR:

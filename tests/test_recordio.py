@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import recordio
-from service.offline import main_augment, main_embed
+from lrface.core import recordio
+from lrface.service.offline import main_augment, main_embed
 from service_helpers import HR_FACES, png_bytes
 
 MAGIC = 0xCED7230A

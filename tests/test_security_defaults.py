@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.api import create_app
-from service.api import guard
-from service.settings import Settings
+from lrface.service.api import create_app
+from lrface.service.api import guard
+from lrface.service.settings import Settings
 from service_helpers import (
     HR_FACES,
     REPO,
@@ -24,6 +24,8 @@ from service_helpers import (
     service_env,
     unique_namespace,
 )
+
+pytestmark = [pytest.mark.redis, pytest.mark.process]
 
 SECRET_KEY = "sk-live-7f3a9c1e5b2d4f6a8c0e1b3d5f7a9c1e"
 OTHER_KEY = "sk-live-0000aaaa1111bbbb2222cccc3333dddd"
@@ -59,7 +61,6 @@ def test_no_keys_means_no_authentication_and_a_key_is_needed_once_configured():
 
 # -- CORS ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_cors_is_off_by_default(tmp_path):
     from fastapi.testclient import TestClient
 
@@ -72,7 +73,6 @@ def test_cors_is_off_by_default(tmp_path):
         assert simple.status_code == 200 and "access-control-allow-origin" not in simple.headers
 
 
-@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_cors_allows_only_the_configured_origins(tmp_path):
     from fastapi.testclient import TestClient
 

@@ -1,4 +1,4 @@
-"""The teacher-based adaption (training.adapt_data + training.train_adapt) end to end on the six fixture faces:
+"""The teacher-based adaption (lrface.training.adapt_data + lrface.training.train_adapt) end to end on the six fixture faces:
 bundle, a few updates, resume, export to the embedder ONNX contract, and the eager twin of the export."""
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from conftest import HR_DIR, LR_DIR  # noqa: E402
-from training import adapt_data, train_adapt  # noqa: E402
-from training.common import load_checkpoint  # noqa: E402
+from lrface.training import adapt_data, train_adapt  # noqa: E402
+from lrface.training.common import load_checkpoint  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, mrgan_path):
     """Fixture faces as the labelled set, two of them again as 'unlabeled' ones, MR-GAN variants of all."""
-    from service.offline import main_augment
+    from lrface.service.offline import main_augment
 
     root = tmp_path_factory.mktemp("adapt")
     unlabeled = root / "unlabeled"
@@ -160,7 +160,7 @@ def test_flip_average_export_is_the_mean_of_face_and_mirror(tmp_path):
         # a face and its mirror image get the same embedding
         np.testing.assert_allclose(net(x).numpy(), net(torch.flip(x, dims=[3])).numpy(), atol=1e-5)
     path = tmp_path / "flip.onnx"
-    from training.train_embedder import export_embedding_module
+    from lrface.training.train_embedder import export_embedding_module
 
     export_embedding_module(net, 128, path, "flip-test", 0.5)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -11,20 +11,16 @@ import httpx
 import pytest
 
 from browser import chromium, requests_outside, severe_console_errors
-from service_helpers import HR_FACES, RAW_PHOTOS, REPO, serve, service_env
+from service_helpers import HR_FACES, RAW_PHOTOS, REPO
+
+pytestmark = [pytest.mark.browser, pytest.mark.process]
 
 API_KEY = "demo-key-1234"
 SCREENSHOT = REPO / "docs" / "demo.png"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, mrgan_path, embedder_path):
-    tmp = tmp_path_factory.mktemp("web")
-    env = service_env(tmp, mrgan_path, embedder_path, LRFACE_API_KEYS=API_KEY, LRFACE_CHUNK_SIZE=2)
-    server = serve(env, tmp)
-    server.tmp = tmp
-    yield server
-    server.stop()
+SERVER_ON_TEST_REDIS = False  # the embedded broker, as `lrface serve` runs out of the box
+SERVER_ENV = dict(LRFACE_API_KEYS=API_KEY, LRFACE_CHUNK_SIZE=2)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Network definitions (torch, imported lazily) and the shipped ONNX weights; `lrface.core.face` is torch-free."""

@@ -1,0 +1,308 @@
+"""`lrface eval`: verification and identification metrics of an embedder ONNX model on a dev-style folder.
+
+    lrface eval --data DIR --model embedder.onnx [--out DIR] [--name NAME]
+
+DIR holds `hr/<identity>/<name>.<ext>`, `lr/<identity>/<name>.<ext>` (an LR capture of each HR image, same stem)
+and `images.csv` (`stem,identity,lr_height,lr_width`). Runs on onnxruntime only (no torch) through the
+inference core, `lrface.core.embedder.Embedder` (the model needs its JSON sidecar, as everywhere else); images go
+through the shared decoder (`lrface.core.face.read_image`) and the core's `to_model_input` (any size -> 112x96 canvas).
+
+Other embedders are scored on exactly the same pairs with `evaluate_folder(data, embed_fn, ...)` (any function
+from a list of uint8 RGB faces to L2-normalised rows) or `evaluate_embeddings(hr, lr, identities)` on arrays;
+`write_report` writes and prints the results the same way (see lrface/training/compare_dlib.py).
+
+Protocols (scores are cosine similarities, computed as full matrices):
+- HR-HR and LR-LR: every unordered pair of distinct images; genuine = same identity.
+- HR-LR: gallery HR image i, probe LR capture j != i (never the LR capture of the same image); genuine = same
+  identity, impostors = every cross-identity (i, j).
+- TAR at FAR 1e-1..1e-4: the threshold is the k-th highest impostor score, k = floor(FAR * impostors), and TAR is
+  the fraction of genuine scores above it.
+- rank-1: closed-set identification of each LR probe against an HR gallery holding one image per identity: the
+  probe identity's first HR image of another stem, every other identity's first HR image (single-image
+  identities stay in as distractors). Probes are the LR captures of identities with at least two images.
+- verify_threshold: the HR-LR threshold at FAR 1e-3, the sidecar's "same person" cut-off.
+
+Writes `metrics_<name>.json` and `roc_<name>.png` under --out and prints a Markdown table row.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from lrface.core.face import read_image
+from lrface.core.files import IMAGE_EXTENSIONS
+from lrface.core.embedder import Embedder
+from lrface.core.onnx_model import ModelNotFoundError, default_model_path
+
+# list of uint8 RGB faces (any size) -> float32 N x D, rows L2-normalised
+EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
+
+FARS = (1e-1, 1e-2, 1e-3, 1e-4)
+PROTOCOLS = ("hr_hr", "hr_lr", "lr_lr")
+PROTOCOL_LABELS = {"hr_hr": "HR-HR", "hr_lr": "HR-LR", "lr_lr": "LR-LR"}
+
+
+def far_key(far: float) -> str:
+    return f"{far:.0e}".replace("e-0", "e-")  # 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data and embeddings
+
+def read_dev_folder(root: Path) -> tuple[list[str], list[str], list[Path], list[Path]]:
+    """Stems, identities, HR paths and LR paths, in images.csv order."""
+    csv_path = root / "images.csv"
+    if not csv_path.exists():
+        raise SystemExit(f"eval: {csv_path} not found (expected a dev-style folder: hr/, lr/, images.csv)")
+
+    def index(sub: str) -> dict[str, Path]:
+        base = root / sub
+        return {p.relative_to(base).with_suffix("").as_posix(): p
+                for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+
+    hr_files, lr_files = index("hr"), index("lr")
+    stems, identities, hr_paths, lr_paths = [], [], [], []
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            stem = row["stem"]
+            if stem not in hr_files or stem not in lr_files:
+                raise SystemExit(f"eval: {stem!r} in images.csv has no {'HR' if stem not in hr_files else 'LR'} image")
+            stems.append(stem)
+            identities.append(row["identity"])
+            hr_paths.append(hr_files[stem])
+            lr_paths.append(lr_files[stem])
+    if not stems:
+        raise SystemExit(f"eval: {csv_path} lists no images")
+    return stems, identities, hr_paths, lr_paths
+
+
+def embed_files(embed: EmbedFn, paths: list[Path], batch_size: int, pool: ThreadPoolExecutor) -> np.ndarray:
+    """`embed` over the decoded images in batches of `batch_size`; the next batch decodes (threads) while the
+    current one is embedded. `embed` maps a list of uint8 RGB arrays (any size) to N x D L2-normalised rows."""
+    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+
+    def decode(batch: list[Path]) -> list[np.ndarray]:
+        return list(pool.map(read_image, batch))
+
+    out = []
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        pending = ahead.submit(decode, batches[0])
+        for k in range(len(batches)):
+            faces = pending.result()
+            if k + 1 < len(batches):
+                pending = ahead.submit(decode, batches[k + 1])
+            out.append(np.asarray(embed(faces), dtype=np.float32))
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics
+
+def pair_scores(gallery: np.ndarray, probe: np.ndarray, labels: np.ndarray, symmetric: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor cosine scores; `symmetric`: pairs i < j of one set, else all (i, j) with i != j."""
+    scores = gallery @ probe.T
+    same = labels[:, None] == labels[None, :]
+    n = len(labels)
+    if symmetric:
+        keep = np.triu(np.ones((n, n), dtype=bool), k=1)
+    else:
+        keep = ~np.eye(n, dtype=bool)
+    return scores[keep & same], scores[keep & ~same]
+
+
+def tar_at_far(genuine: np.ndarray, impostor_desc: np.ndarray, far: float) -> tuple[float, float]:
+    """(TAR, threshold): threshold = the k-th highest impostor score, k = floor(FAR * n); TAR = P(genuine > it)."""
+    if len(impostor_desc) == 0:
+        return float("nan"), float("nan")
+    k = min(int(np.floor(far * len(impostor_desc))), len(impostor_desc) - 1)
+    threshold = float(impostor_desc[k])
+    tar = float(np.mean(genuine > threshold)) if len(genuine) else float("nan")
+    return tar, threshold
+
+
+def roc_curve(genuine: np.ndarray, impostor_desc: np.ndarray, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    n = len(impostor_desc)
+    if n == 0 or len(genuine) == 0:
+        return np.array([]), np.array([])
+    fars = np.logspace(np.log10(1.0 / n), 0, points)
+    ks = np.minimum(np.floor(fars * n).astype(np.int64), n - 1)
+    thresholds = impostor_desc[ks]
+    genuine_sorted = np.sort(genuine)
+    tars = 1.0 - np.searchsorted(genuine_sorted, thresholds, side="right") / len(genuine)
+    return fars, tars
+
+
+def rank1_lr_vs_hr(hr: np.ndarray, lr: np.ndarray, labels: np.ndarray) -> tuple[float, int, int]:
+    """Closed-set rank-1 of LR probes against a one-image-per-identity HR gallery (see the module docstring)."""
+    classes = np.unique(labels)
+    first = np.array([np.flatnonzero(labels == c)[0] for c in classes])
+    second = np.array([(np.flatnonzero(labels == c)[1:2].tolist() or [-1])[0] for c in classes])
+    counts = np.bincount(labels, minlength=len(classes))
+    probes = np.flatnonzero(counts[labels] >= 2)
+    if len(probes) == 0:
+        return float("nan"), 0, len(classes)
+    scores = lr[probes] @ hr[first].T  # [P, C]
+    own = labels[probes]
+    clash = first[own] == probes  # the gallery image of the probe's identity is the probe's own stem
+    rows = np.flatnonzero(clash)
+    scores[rows, own[rows]] = np.einsum("ij,ij->i", lr[probes[rows]], hr[second[own[rows]]])
+    correct = scores.argmax(1) == own
+    return float(correct.mean()), len(probes), len(classes)
+
+
+def markdown_row(name: str, metrics: dict) -> tuple[str, str]:
+    far_text = "/".join(far_key(f) for f in FARS)
+    header = ("| model | " + " | ".join(f"{PROTOCOL_LABELS[p]} TAR@{far_text} (%)" for p in PROTOCOLS)
+              + " | rank-1 LR→HR (%) | threshold |")
+    cells = [" / ".join(f"{100 * metrics['tar_at_far'][p][far_key(f)]:.1f}" for f in FARS) for p in PROTOCOLS]
+    row = (f"| {name} | " + " | ".join(cells) + f" | {100 * metrics['rank1_lr_vs_hr']:.1f} | "
+           f"{metrics['verify_threshold']:.4f} |")
+    return header + "\n|" + "---|" * (len(PROTOCOLS) + 3), row
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], name: str, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("eval: matplotlib is not installed; no ROC plot", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for protocol, (fars, tars) in curves.items():
+        if len(fars):
+            ax.plot(fars, tars, label=PROTOCOL_LABELS[protocol])
+    ax.set_xscale("log")
+    ax.set_xlim(1e-5, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("FAR")
+    ax.set_ylabel("TAR")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"ROC: {name}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def evaluate_embeddings(hr: np.ndarray, lr: np.ndarray, identities: Sequence) -> dict:
+    """The metrics of the module docstring from embeddings: `hr[i]`, `lr[i]` embed the HR image i and its LR
+    capture, `identities[i]` is its identity (strings or ints). Rows must be L2-normalised (scores are dot
+    products). Returns `dim`, `tar_at_far`, `threshold_at_far`, `pairs`, `rank1_lr_vs_hr`, `rank1_probes`,
+    `rank1_gallery_size`, `verify_threshold` and `_curves` (ROC points per protocol, for `plot_roc`)."""
+    hr, lr = np.asarray(hr, dtype=np.float32), np.asarray(lr, dtype=np.float32)
+    _, labels = np.unique(np.asarray(identities), return_inverse=True)  # sorted identities -> 0..C-1
+    labels = labels.reshape(-1)
+    if hr.ndim != 2 or hr.shape != lr.shape or len(labels) != len(hr):
+        raise ValueError(f"hr {hr.shape} and lr {lr.shape} must both be N x D with N = {len(labels)} identities")
+    for what, emb in (("hr", hr), ("lr", lr)):
+        norms = np.linalg.norm(emb, axis=1)
+        if not np.all((np.abs(norms - 1.0) < 1e-3) | (norms == 0.0)):
+            raise ValueError(f"{what} embeddings must be L2-normalised (norms {norms.min():.4g}..{norms.max():.4g})")
+
+    metrics: dict = {"dim": int(hr.shape[1]), "tar_at_far": {}, "threshold_at_far": {}, "pairs": {}}
+    curves = {}
+    for protocol, (a, b, symmetric) in {"hr_hr": (hr, hr, True), "hr_lr": (hr, lr, False),
+                                        "lr_lr": (lr, lr, True)}.items():
+        genuine, impostor = pair_scores(a, b, labels, symmetric)
+        impostor_desc = np.sort(impostor)[::-1]
+        metrics["pairs"][protocol] = {"genuine": int(len(genuine)), "impostor": int(len(impostor))}
+        metrics["tar_at_far"][protocol] = {}
+        metrics["threshold_at_far"][protocol] = {}
+        for far in FARS:
+            tar, threshold = tar_at_far(genuine, impostor_desc, far)
+            metrics["tar_at_far"][protocol][far_key(far)] = tar
+            metrics["threshold_at_far"][protocol][far_key(far)] = threshold
+        curves[protocol] = roc_curve(genuine, impostor_desc)
+    rank1, probes, gallery = rank1_lr_vs_hr(hr, lr, labels)
+    metrics.update(rank1_lr_vs_hr=rank1, rank1_probes=probes, rank1_gallery_size=gallery,
+                   verify_threshold=metrics["threshold_at_far"]["hr_lr"][far_key(1e-3)])
+    metrics["_curves"] = curves
+    return metrics
+
+
+def evaluate_folder(data: Path, embed: EmbedFn, model: str, batch_size: int = 128) -> dict:
+    """Embed a dev-style folder's HR and LR images with `embed` (see `embed_files`) and score them with
+    `evaluate_embeddings`; `model` is what the metrics' "model" field says."""
+    t0 = time.time()
+    stems, identities, hr_paths, lr_paths = read_dev_folder(data)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        hr = embed_files(embed, hr_paths, batch_size, pool)
+        lr = embed_files(embed, lr_paths, batch_size, pool)
+    embed_seconds = time.time() - t0
+    scores = evaluate_embeddings(hr, lr, identities)
+    curves = scores.pop("_curves")
+    metrics: dict = {"model": model, "data": str(data), "images": len(stems),
+                     "identities": len(set(identities)), **scores,
+                     "embed_seconds": round(embed_seconds, 2), "total_seconds": round(time.time() - t0, 2)}
+    metrics["_curves"] = curves
+    return metrics
+
+
+def evaluate(data: Path, model: Path, batch_size: int = 128, threads: int | None = None) -> dict:
+    """`evaluate_folder` with the inference core's `Embedder` on the ONNX `model` (+ its JSON sidecar)."""
+    embedder = Embedder(model, threads=threads or None, max_batch=batch_size)
+    return evaluate_folder(data, embedder.embed, str(model), batch_size)
+
+
+def write_report(metrics: dict, name: str, out: Path, prog: str = "eval") -> dict:
+    """Write `metrics_<name>.json` and `roc_<name>.png` under `out`, print the summary and the Markdown table
+    row; returns the metrics as written (with "name", "markdown_row" and "roc_plot" added)."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = dict(metrics)
+    curves = metrics.pop("_curves")
+    metrics = {"name": name, **metrics}
+    header, row = markdown_row(name, metrics)
+    metrics["markdown_row"] = row
+    roc_path = out / f"roc_{name}.png"
+    if plot_roc(curves, name, roc_path):
+        metrics["roc_plot"] = str(roc_path)
+    json_path = out / f"metrics_{name}.json"
+    json_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"{prog}: {metrics['images']} images of {metrics['identities']} identities, embedded in "
+          f"{metrics['embed_seconds']:.1f}s; {json_path}" + (f", {roc_path}" if "roc_plot" in metrics else ""))
+    print(header)
+    print(row)
+    print(f"verify_threshold: {metrics['verify_threshold']:.4f}  (cosine, FAR 1e-3 on HR-LR pairs)")
+    return metrics
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lrface eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="dev-style folder: hr/, lr/, images.csv")
+    p.add_argument("--model", help="embedder ONNX (face -> embedding; its JSON sidecar next to it); "
+                                   "default: the shipped lrface/models/weights/embedder.onnx")
+    p.add_argument("--out", default="eval", help="where metrics_<name>.json and roc_<name>.png go (default ./eval)")
+    p.add_argument("--name", help="name in file names and the table row (default: the model file's stem)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model = Path(args.model) if args.model else default_model_path("embedder")
+    if not model.exists():
+        raise SystemExit(f"eval: {model} not found")
+    name = args.name or model.stem
+    try:
+        metrics = evaluate(Path(args.data), model, args.batch_size, args.threads)
+    except (ModelNotFoundError, ValueError) as exc:  # no sidecar, not the embedder contract, bad arguments
+        raise SystemExit(f"eval: {exc}") from None
+    write_report(metrics, name, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

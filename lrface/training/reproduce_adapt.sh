@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Reproduces the shipped embedder (dlib's ResNet adapted to LR faces, lrface.training.train_adapt) and the rows of its
+# model card's ablation table (lrface/models/weights/embedder.md quotes this script).
+#
+#   lrface/training/reproduce_adapt.sh STAGE [STAGE...]     stages, in order: synth data train ablations export eval
+#
+#   synth      LR faces of hr-train and unlabeled-hr with the shipped MR-GAN (lrface augment, 1 variant, seed 0)
+#   data       the training bundle: HR sources, their MR-GAN / bicubic / hand-made LR versions, the real LR captures
+#              of lr-train with their identities, and the frozen teacher's embeddings of all of them
+#              (python -m lrface.training.adapt_data)
+#   train      the shipped embedder (config adapt_handmade_flip_6k: 6,000 updates, mirror-averaged export;
+#              STEPS does not apply)
+#   ablations  the other rows, same budget (STEPS updates of 32 sources + 8 real captures), two runs at a time
+#   export     every run -> $RUNS/onnx/<config>.onnx, plus dlib alone through the chip warp ($RUNS/onnx/dlib.onnx)
+#   eval       lrface eval of every ONNX file on the dev split -> $RUNS/eval/metrics_<name>.json
+#
+# Environment (defaults in brackets): HR [../shared/data/hr-train]  UNLABELED [../shared/data/unlabeled-hr]
+#   REAL_LR [../shared/data/lr-train]  DEV [../shared/data/dev]  RUNS [runs]  STEPS [1000]  THREADS [1 per run; two runs share a 2-core CPU]
+#   DEVICE [cpu]  MRGAN_ONNX [lrface/models/weights/mrgan.onnx]
+# On a GPU: DEVICE=cuda (the runs then go one after the other), and raise STEPS for a longer run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HR=${HR:-../shared/data/hr-train}
+UNLABELED=${UNLABELED:-../shared/data/unlabeled-hr}
+REAL_LR=${REAL_LR:-../shared/data/lr-train}
+DEV=${DEV:-../shared/data/dev}
+RUNS=${RUNS:-runs}
+STEPS=${STEPS:-1000}
+THREADS=${THREADS:-1}
+DEVICE=${DEVICE:-cpu}
+MRGAN_ONNX=${MRGAN_ONNX:-models/weights/mrgan.onnx}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+mkdir -p "$RUNS/logs" "$RUNS/onnx" "$RUNS/eval"
+ABLATIONS="adapt_full adapt_lr_mrgan adapt_lr_bicubic adapt_lr_handmade adapt_no_feature adapt_no_unlabeled adapt_no_real adapt_full_handmade adapt_full_mix adapt_full_handmade_real16"
+
+train() {  # $1 = config
+  $PY -m lrface.training.train_adapt --config "$1" --data "$RUNS/adapt-data" --out "$RUNS/$1" --steps "$STEPS" \
+    --threads "$THREADS" --device "$DEVICE" --resume >"$RUNS/logs/$1.log" 2>&1
+}
+
+for stage in "$@"; do
+  case "$stage" in
+    synth)
+      $PY -m lrface.service.cli augment "$HR" "$RUNS/synth-hr-train" --variants 1 --seed 0 --model "$MRGAN_ONNX"
+      $PY -m lrface.service.cli augment "$UNLABELED" "$RUNS/synth-unlabeled-hr" --variants 1 --seed 0 --model "$MRGAN_ONNX" ;;
+    data)
+      $PY -m lrface.training.adapt_data --hr "$HR" --unlabeled "$UNLABELED" --synth "$RUNS/synth-hr-train" \
+        --synth "$RUNS/synth-unlabeled-hr" --real-lr "$REAL_LR" --out "$RUNS/adapt-data" ;;
+    train)
+      $PY -m lrface.training.train_adapt --config adapt_handmade_flip_6k --data "$RUNS/adapt-data" \
+        --out "$RUNS/adapt_handmade_flip_6k" --threads 2 --device "$DEVICE" --resume \
+        >"$RUNS/logs/adapt_handmade_flip_6k.log" 2>&1 ;;
+    ablations)
+      set -- $ABLATIONS
+      while [ $# -gt 0 ]; do
+        if [ "$DEVICE" = cuda ]; then train "$1"; shift; continue; fi
+        train "$1" & a=$!
+        if [ $# -gt 1 ]; then train "$2" & b=$!; wait "$b"; fi
+        wait "$a"; shift; [ $# -gt 0 ] && shift
+      done ;;
+    export)
+      $PY -m lrface.training.train_adapt --export-teacher "$RUNS/onnx/dlib.onnx"
+      $PY -m lrface.training.train_adapt --export-teacher "$RUNS/onnx/dlib_centred.onnx" --data "$RUNS/adapt-data"
+      for c in adapt_handmade_flip_6k $ABLATIONS; do
+        [ -f "$RUNS/$c/last.pt" ] && $PY -m lrface.training.export "$RUNS/$c/last.pt" "$RUNS/onnx/$c.onnx"
+      done ;;
+    eval)
+      for f in "$RUNS"/onnx/dlib.onnx "$RUNS"/onnx/dlib_centred.onnx "$RUNS"/onnx/adapt_*.onnx; do
+        [ -f "$f" ] && $PY -m lrface.service.cli eval --data "$DEV" --model "$f" --out "$RUNS/eval" --name "$(basename "$f" .onnx)"
+      done ;;
+    *) echo "unknown stage $stage (synth data train ablations export eval)" >&2; exit 2 ;;
+  esac
+done

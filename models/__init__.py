@@ -1,1 +1,0 @@
-"""Network definitions (torch, imported lazily) and the shipped ONNX weights; `models.face` is torch-free."""

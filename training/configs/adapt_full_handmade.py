@@ -1,7 +1,0 @@
-"""The full model (gate, feature supervision, unlabeled-hr, real captures) with the hand-made degradations
-(blur + noise + JPEG, training/degradations.py) as its LR training faces instead of the MR-GAN's."""
-from dataclasses import replace
-
-from training.configs.adapt_full import config as base
-
-config = replace(base, name="adapt_full_handmade", lr_kind="handmade")

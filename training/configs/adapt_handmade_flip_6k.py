@@ -1,8 +1,0 @@
-"""The shipped embedder: the full model on hand-made LR (`adapt_full_handmade`) with six times the ablation
-table's budget (6,000 updates), exported with mirror averaging (the embedding of a face is the mean of its own
-and its mirror image's unit embeddings; `flip_average`, twice the cost a face)."""
-from dataclasses import replace
-
-from training.configs.adapt_full_handmade import config as base
-
-config = replace(base, name="adapt_handmade_flip_6k", steps=6000, flip_average=True)

@@ -1,6 +1,0 @@
-"""Ablation: the full model without the unlabeled-hr faces."""
-from dataclasses import replace
-
-from training.configs.adapt_full import config as base
-
-config = replace(base, name="adapt_no_unlabeled", use_unlabeled=False)

@@ -1,6 +1,0 @@
-"""Ablation: no feature supervision (probabilistic supervision and the gate only)."""
-from dataclasses import replace
-
-from training.configs.ran_base import config as base
-
-config = replace(base, name="ran_no_feature", feature_every=0)
