@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     max_active_jobs: int = Field(
         100, ge=1, description="queued + running bulk jobs (all API processes sharing the Redis); more: 429 too_many_jobs"
     )
+    refusal_drain_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="a 413 / 429 / 503 answered before the request body was read first reads "
+        "and discards up to this many more body bytes, so the client receives the answer (and its Retry-After) "
+        "instead of a connection reset; a larger body is answered with Connection: close")
+    refusal_drain_timeout: float = Field(
+        10.0, gt=0, description="seconds that draining may take, then the refusal goes out with Connection: close")
     retry_after_s: int = Field(2, ge=1, description="Retry-After (seconds) sent with 503 overloaded / unavailable")
     jobs_retry_after_s: int = Field(30, ge=1, description="Retry-After (seconds) sent with 429 too_many_jobs")
 

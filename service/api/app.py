@@ -15,6 +15,7 @@ from service.api.errors import install_error_handlers
 from service.api.guard import DOCS_ASSETS_PREFIX, OPEN_PATHS, GuardMiddleware
 from service.api.limits import AdmissionMiddleware, InferenceLimiter, InFlight
 from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.refusals import DrainBeforeRefusalMiddleware
 from service.api.routes import demo, embed, health, jobs, synthesize
 from service.settings import Settings, get_settings
 
@@ -92,6 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
+    # Refusals (413 / 429 / 503) from any layer inside: the unread body is drained first, so clients receive them.
+    app.add_middleware(DrainBeforeRefusalMiddleware, max_bytes=settings.refusal_drain_bytes,
+                       timeout=settings.refusal_drain_timeout)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
     return app
