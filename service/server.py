@@ -292,12 +292,14 @@ def main_serve(argv: list[str] | None = None) -> int:
             worker.start()
         import uvicorn
 
+        from service.api.http_protocol import GuardedHttpToolsProtocol  # (limits on request heads)
+
         if args.api_processes > 1:
             # uvicorn's supervisor spawns the processes (each builds the app from the same LRFACE_* environment)
             # and handles SIGINT / SIGTERM itself: it stops them gracefully and returns here.
             uvicorn.run("service.api.app:create_app", factory=True, host=args.host, port=args.port,
                         workers=args.api_processes, log_level=settings.log_level, timeout_graceful_shutdown=10,
-                        proxy_headers=True, log_config=None, access_log=False)
+                        proxy_headers=True, log_config=None, access_log=False, http=GuardedHttpToolsProtocol)
             return 0
 
         from service.api import create_app
@@ -306,7 +308,8 @@ def main_serve(argv: list[str] | None = None) -> int:
         # log_config=None: uvicorn's loggers go through our (JSON) root handler; the access log is ours
         # (service.api.access: with the request id, without headers).
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=settings.log_level,
-                                timeout_graceful_shutdown=10, proxy_headers=True, log_config=None, access_log=False)
+                                timeout_graceful_shutdown=10, proxy_headers=True, log_config=None, access_log=False,
+                                http=GuardedHttpToolsProtocol)
         server = uvicorn.Server(config)
         server.run()
         return 0 if server.started else 1

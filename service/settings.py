@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     body_idle_timeout: float = Field(
         30.0, gt=0, description="longest pause between two parts of any request body (also archive uploads), then 408"
     )
+    upload_timeout: float = Field(
+        900.0, gt=0, description="seconds an archive upload (POST /v1/jobs, multipart) may take as a whole, then 408")
+    max_concurrent_uploads: int = Field(
+        4, ge=1, description="archive uploads in progress at once per API process; one more: 503 overloaded")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line + headers of one request; more: 431 and the connection closed")
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a request's line and headers may take to arrive; then 408 and the connection "
+        "closed (also a connection that sends nothing)")
     max_active_jobs: int = Field(
         100, ge=1, description="queued + running bulk jobs (all API processes sharing the Redis); more: 429 too_many_jobs"
     )

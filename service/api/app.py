@@ -16,6 +16,7 @@ from service.api.guard import DOCS_ASSETS_PREFIX, OPEN_PATHS, GuardMiddleware
 from service.api.limits import AdmissionMiddleware, InferenceLimiter, InFlight
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.refusals import DrainBeforeRefusalMiddleware
+from service.api.uploads import UploadGateMiddleware
 from service.api.routes import demo, embed, health, jobs, synthesize
 from service.settings import Settings, get_settings
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first. From the outside in: request id + access log, metrics (they see every request, also
     # refused ones), CORS (when configured), the guard (API key, body size) and admission (backpressure, body
     # timeouts), both before any body is read.
+    app.add_middleware(UploadGateMiddleware, settings=settings, on_shed=shed)
     app.add_middleware(AdmissionMiddleware, settings=settings, on_shed=shed, in_flight_gauge=metrics.in_flight,
                        counter=services.in_flight)
     app.add_middleware(GuardMiddleware, settings=settings)
