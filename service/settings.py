@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # --- limits -------------------------------------------------------------------------------------
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded image file")
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height of a decoded image")
+    max_request_pixels: int = Field(
+        100_000_000, ge=1, description="width x height of all images of one /v1/embed or /v1/verify request together "
+        "(from their headers, before decoding); more: 413 too_many_pixels. Images are decoded one at a time")
     max_variants: int = Field(64, ge=1)
     max_embed_images: int = Field(32, ge=1, description="images per /v1/embed request")
     max_archive_bytes: int = Field(512 * 1024 * 1024, ge=1, description="uploaded job archive, compressed")
