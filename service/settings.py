@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_archive_bytes: int = Field(512 * 1024 * 1024, ge=1, description="uploaded job archive, compressed")
     max_archive_members: int = Field(10_000, ge=1)
     max_archive_total_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1, description="sum of uncompressed member sizes")
+    max_archive_header_bytes: int = Field(
+        16 * 1024 * 1024, ge=512, description="all tar headers of an archive together (512 bytes per header, plus "
+        "PAX headers and GNU long names / links, each of which may be at most 64 KiB), counted before each is read")
     max_archive_ratio: float = Field(100.0, gt=0, description="uncompressed / compressed size, whole archive and each member")
 
     max_json_body_bytes: int = Field(64 * 1024, ge=1, description="JSON body of POST /v1/jobs (a job spec is small)")
