@@ -171,6 +171,21 @@ def recover_embedded_jobs(settings) -> None:
         log.warning("recovering interrupted jobs failed: %s: %s", type(exc).__name__, exc)
 
 
+def clean_embedded_uploads(settings) -> None:
+    """At start of `lrface serve` with the embedded broker: the uploads folder's entries of finished or unknown
+    jobs go at once (a crash mid-upload or mid-extraction leaves them); no other API process shares the folder."""
+    from service.jobs import JobStore, clean_orphan_uploads
+
+    try:
+        store = JobStore.from_settings(settings)
+        try:
+            clean_orphan_uploads(store, settings, min_age_s=0)
+        finally:
+            store.redis.close()
+    except Exception as exc:
+        log.warning("cleaning the uploads folder failed: %s: %s", type(exc).__name__, exc)
+
+
 class WorkerSupervisor:
     """Runs the in-machine Celery worker as a child and restarts it if it dies while serving.
 
@@ -282,6 +297,8 @@ def main_serve(argv: list[str] | None = None) -> int:
             os.environ["LRFACE_BROKER_URL"] = url
             get_settings.cache_clear()
             settings = get_settings()
+        if embedded:  # (alone on this state folder: no upload can be in progress yet)
+            clean_embedded_uploads(settings)
         if n_workers > 0:
             env = dict(os.environ)
             # The embedded broker has no other worker: whatever it holds unacknowledged when ours (re)starts was

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if settings.load_models_on_startup:
             await run_in_threadpool(services.load_all)
+        await run_in_threadpool(_clean_orphan_uploads, services)
         # What start-up made (modules, app, models) lives as long as the process: out of the collector's sight,
         # a full collection takes well under a millisecond instead of ~80 ms, a pause a request would wait out.
         gc.collect()
@@ -101,6 +102,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _clean_orphan_uploads(services: Services) -> None:
+    """Upload folders left by a crash (or of jobs that finished) go at start; see `clean_orphan_uploads`."""
+    from service.jobs import clean_orphan_uploads
+    from service.tasks import orphan_upload_age
+
+    try:
+        store = services.store
+        if store is not None:
+            clean_orphan_uploads(store, services.settings, min_age_s=orphan_upload_age(services.settings))
+    except Exception as exc:  # Redis not there yet and the like: the workers' sweeper does it later
+        logging.getLogger("lrface.api").warning("cleaning the uploads folder failed: %s: %s", type(exc).__name__, exc)
 
 
 def _document_api_keys(app: FastAPI) -> None:

@@ -27,6 +27,7 @@ from service.jobs import (
     new_job_id,
     owner_of,
     purge_job,
+    remove_job_input,
     remove_tree,
     resolve_input_dir,
     submit_job,
@@ -463,7 +464,11 @@ async def cancel_job(job_id: str, request: Request, store: JobStoreDep, settings
             return JobPurged(job_id=job_id, purged=True, state=job["state"])
         if job["state"] in ("succeeded", "failed"):
             raise APIError(409, "job_finished", f"the job already {job['state']}; purge it with ?purge=true")
-        store.cancel(job_id)
+        _, state = store.cancel(job_id)
+        if state in ("succeeded", "failed"):  # the finalizer was quicker: the job finished, as it says
+            raise APIError(409, "job_finished", f"the job already {state}; purge it with ?purge=true")
+        if state == "cancelled":
+            remove_job_input(settings, job_id)  # (its chunks stop; the input is not needed any more)
         return job_out(store.get(job_id))
 
     return await run_in_threadpool(cancel)
