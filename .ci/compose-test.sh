@@ -31,7 +31,7 @@ docker_ok || give_up "Docker is still not usable after the set-up"
 export COMPOSE_PROJECT_NAME="lrface-ci-$$"
 export LRFACE_API_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # A SIGKILLed worker's task is handed out again after the visibility timeout: short here, so the flow is quick.
-export LRFACE_BROKER_VISIBILITY_TIMEOUT=20 LRFACE_JOB_STALL_TIMEOUT=30 LRFACE_CHUNK_SIZE=8
+export LRFACE_BROKER_VISIBILITY_TIMEOUT=20 LRFACE_JOB_STALL_TIMEOUT=30 LRFACE_CHUNK_SIZE=4
 logs=${COMPOSE_LOGS:-/tmp/$COMPOSE_PROJECT_NAME.log}
 down() {
   docker compose logs --no-color --timestamps >"$logs" 2>&1 || true
@@ -53,6 +53,7 @@ if [ "$rc" -ne 0 ]; then
   echo "compose test: FAILED (flows); the stack's logs are in $logs" >&2
   exit "$rc"
 fi
+down  # (before the GPU build: the stack is not needed for it)
 
 # The GPU variant: built (run on a GPU when the machine has one). With no registry, a stand-in for the CUDA base
 # image (Debian, no CUDA libraries) checks everything else of the build: packages, onnxruntime-gpu's CUDA
