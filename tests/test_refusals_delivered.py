@@ -89,7 +89,8 @@ def server(tmp_path_factory, mrgan_path, embedder_path):
                               LRFACE_INFERENCE_CONCURRENCY=1, LRFACE_INFERENCE_QUEUE_SIZE=1,
                               LRFACE_INFERENCE_QUEUE_TIMEOUT=60, LRFACE_MAX_ACTIVE_JOBS=1,
                               LRFACE_MAX_UPLOAD_BYTES=9_000_000, LRFACE_RETRY_AFTER_S=RETRY_AFTER,
-                              LRFACE_JOBS_RETRY_AFTER_S=JOBS_RETRY_AFTER) as srv:
+                              LRFACE_JOBS_RETRY_AFTER_S=JOBS_RETRY_AFTER,
+                              LRFACE_MAX_CONCURRENT_UPLOADS=16) as srv:  # (12 uploads at once below: 429s)
         yield srv
 
 
