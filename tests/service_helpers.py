@@ -1,6 +1,8 @@
 """Helpers of the service tests: real server / worker subprocesses, a real Redis, generated inputs, output checks."""
 from __future__ import annotations
 
+import contextlib
+
 import asyncio
 
 import io
@@ -170,6 +172,24 @@ def serve(env: dict[str, str], tmp: Path, *args: str, new_session: bool = False)
     port = free_port()
     cmd = [sys.executable, "-m", "lrface.service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     return Server(cmd, env, port, tmp / f"serve-{port}.log", new_session=new_session)
+
+
+@contextlib.contextmanager
+def served_on_test_redis(tmp: Path, mrgan_path: Path, embedder_path: Path, *args: str, **overrides):
+    """`lrface serve` with settings of one test's own (`overrides`, CLI `args`) on the test Redis under a
+    namespace of its own (removed afterwards), for tests that need a server configured differently from their
+    module's `server` fixture (conftest.py). Yields the Server, with `.tmp` set."""
+    client = redis_or_skip()
+    prefix, queue = unique_namespace()
+    env = service_env(tmp, mrgan_path, embedder_path, LRFACE_BROKER_URL=TEST_REDIS_URL, LRFACE_KEY_PREFIX=prefix,
+                      LRFACE_QUEUE=queue, **overrides)
+    srv = serve(env, tmp, *args)
+    srv.tmp = tmp
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        forget_namespace(client, prefix, queue)
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> Process:

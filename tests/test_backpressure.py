@@ -88,9 +88,9 @@ def test_a_request_waiting_too_long_for_its_turn_gets_503(tmp_path, mrgan_path, 
         def __getattr__(self, name):
             return getattr(embedder, name)
 
-        def embed(self, faces):
+        def run(self, batch):  # (the model call of the request's prepared faces)
             gate.wait(10)
-            return embedder.embed(faces)
+            return embedder.run(batch)
 
     services.models["embedder"] = SlowEmbedder()
 

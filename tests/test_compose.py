@@ -49,7 +49,9 @@ def test_compose_declares_a_scalable_stack(compose):
     api, worker = services["api"], services["worker"]
     assert api["command"][:2] == ["lrface", "serve"] and worker["command"][:2] == ["lrface", "worker"]
     assert any(p.split(":")[-1] == "8000" for p in api["ports"]) and "healthcheck" in api
-    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    # published on the loopback unless LRFACE_API_BIND says otherwise; healthy = ready (models, broker)
+    assert all(_interpolate(p).startswith("127.0.0.1:") for p in api["ports"]), api["ports"]
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
     assert "container_name" not in worker and "ports" not in worker  # `--scale worker=N` must work
     for svc in (api, worker):
         assert svc["environment"]["LRFACE_BROKER_URL"] == "redis://redis:6379/0"
@@ -58,6 +60,14 @@ def test_compose_declares_a_scalable_stack(compose):
         assert mounts.get(svc["environment"]["LRFACE_JOBS_ROOT"]) == "jobs"
         assert svc.get("read_only") is True and "/tmp" in svc["tmpfs"]
     assert set(compose["volumes"]) >= {"redis-data", "data", "jobs"}
+
+
+def test_the_gpu_override_builds_the_cuda_image_with_gpus_reserved():
+    gpu = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())["services"]
+    for name in ("api", "worker"):
+        assert gpu[name]["build"]["dockerfile"] == "docker/Dockerfile.gpu" and gpu[name]["image"] == "lrface:gpu"
+        devices = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
 
 
 def test_dockerfiles_are_non_root_with_a_healthcheck():

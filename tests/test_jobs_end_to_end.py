@@ -164,7 +164,8 @@ def test_a_remote_client_submits_watches_lists_downloads_and_purges_jobs(service
     # Purge: files and state go; nothing else is touched.
     jobs_root = tmp_path / "jobs"
     for job_id in (augment["job_id"], embed["job_id"]):
-        assert (jobs_root / job_id).is_dir() and (jobs_root / "_uploads" / job_id).is_dir()
+        # (the uploaded input went when the job finished: issue #15)
+        assert (jobs_root / job_id).is_dir() and not (jobs_root / "_uploads" / job_id).exists()
         assert b.delete(f"/v1/jobs/{job_id}", params={"purge": "true"}).status_code == 404  # not B's
         r = a.delete(f"/v1/jobs/{job_id}", params={"purge": "true"})
         assert r.status_code == 200 and r.json() == {"job_id": job_id, "purged": True, "state": "succeeded"}

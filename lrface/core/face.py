@@ -204,21 +204,56 @@ def decode_image(
     return np.ascontiguousarray(arr)
 
 
+# Conversions of large images work on bands of about this many pixels, so their temporaries stay small.
+_BAND_PIXELS = 1 << 20
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any mode, in integer arithmetic (no float64 copies) and in bands for the modes that need arrays."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(_ints_to_uint8(np.asarray(img)), "L")
     if img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+        a = np.asarray(img)  # float32
+        out = np.empty(a.shape, dtype=np.uint8)
+        for rows in _bands(a.shape):
+            out[rows] = np.clip(a[rows], 0, 255)
+        img = Image.fromarray(out, "L")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
+        return _composite_on_white(img)
     return img.convert("RGB")
+
+
+def _bands(shape: tuple[int, ...]):
+    step = max(1, _BAND_PIXELS // max(1, shape[1]))
+    for top in range(0, shape[0], step):
+        yield slice(top, top + step)
+
+
+def _ints_to_uint8(a: np.ndarray) -> np.ndarray:
+    """16-bit (or 32-bit integer) samples to 8 bits: x 255 / 65535 rounded when any sample is above 255, else the
+    samples themselves (clipped to 0..255); integer arithmetic, one band at a time."""
+    high = int(a.max()) > 255 if a.size else False
+    out = np.empty(a.shape, dtype=np.uint8)
+    for rows in _bands(a.shape):
+        band = np.clip(a[rows], 0, 65535 if high else 255).astype(np.uint32)
+        if high:
+            band = (band * 510 + 65535) // 131070  # = floor(x * 255 / 65535 + 0.5)
+        out[rows] = band
+    return out
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    """An image with alpha composited on white, band by band (the same pixels as one alpha_composite)."""
+    width, height = img.size
+    out = Image.new("RGB", img.size)
+    step = max(1, _BAND_PIXELS // max(1, width))
+    for top in range(0, height, step):
+        band = img.crop((0, top, width, min(height, top + step))).convert("RGBA")
+        background = Image.new("RGBA", band.size, (255, 255, 255, 255))
+        out.paste(Image.alpha_composite(background, band).convert("RGB"), (0, top))
+    return out
 
 
 def read_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

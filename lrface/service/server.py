@@ -172,6 +172,22 @@ def recover_embedded_jobs(settings) -> None:
         log.warning("recovering interrupted jobs failed: %s: %s", type(exc).__name__, exc)
 
 
+def clean_embedded_uploads(settings) -> None:
+    """At start of `lrface serve` with the embedded broker: the uploads folder's entries of finished or unknown
+    jobs go at once (a crash mid-upload or mid-extraction leaves them); no other API process shares the folder."""
+    from lrface.service.jobs.lifecycle import clean_orphan_uploads
+    from lrface.service.jobs.store import JobStore
+
+    try:
+        store = JobStore.from_settings(settings)
+        try:
+            clean_orphan_uploads(store, settings, min_age_s=0)
+        finally:
+            store.redis.close()
+    except Exception as exc:
+        log.warning("cleaning the uploads folder failed: %s: %s", type(exc).__name__, exc)
+
+
 class WorkerSupervisor:
     """Runs the in-machine Celery worker as a child and restarts it if it dies while serving.
 
@@ -283,6 +299,8 @@ def main_serve(argv: list[str] | None = None) -> int:
             os.environ["LRFACE_BROKER_URL"] = url
             get_settings.cache_clear()
             settings = get_settings()
+        if embedded:  # (alone on this state folder: no upload can be in progress yet)
+            clean_embedded_uploads(settings)
         if n_workers > 0:
             env = dict(os.environ)
             # The embedded broker has no other worker: whatever it holds unacknowledged when ours (re)starts was
@@ -293,12 +311,14 @@ def main_serve(argv: list[str] | None = None) -> int:
             worker.start()
         import uvicorn
 
+        from lrface.service.api.http_protocol import GuardedHttpToolsProtocol  # (limits on request heads)
+
         if args.api_processes > 1:
             # uvicorn's supervisor spawns the processes (each builds the app from the same LRFACE_* environment)
             # and handles SIGINT / SIGTERM itself: it stops them gracefully and returns here.
             uvicorn.run("lrface.service.api.app:create_app", factory=True, host=args.host, port=args.port,
                         workers=args.api_processes, log_level=settings.log_level, timeout_graceful_shutdown=10,
-                        proxy_headers=True, log_config=None, access_log=False)
+                        proxy_headers=True, log_config=None, access_log=False, http=GuardedHttpToolsProtocol)
             return 0
 
         from lrface.service.api import create_app
@@ -307,7 +327,8 @@ def main_serve(argv: list[str] | None = None) -> int:
         # log_config=None: uvicorn's loggers go through our (JSON) root handler; the access log is ours
         # (lrface.service.api.access: with the request id, without headers).
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=settings.log_level,
-                                timeout_graceful_shutdown=10, proxy_headers=True, log_config=None, access_log=False)
+                                timeout_graceful_shutdown=10, proxy_headers=True, log_config=None, access_log=False,
+                                http=GuardedHttpToolsProtocol)
         server = uvicorn.Server(config)
         server.run()
         return 0 if server.started else 1

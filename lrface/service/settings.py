@@ -71,11 +71,17 @@ class Settings(BaseSettings):
     # --- limits -------------------------------------------------------------------------------------
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded image file")
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height of a decoded image")
+    max_request_pixels: int = Field(
+        100_000_000, ge=1, description="width x height of all images of one /v1/embed or /v1/verify request together "
+        "(from their headers, before decoding); more: 413 too_many_pixels. Images are decoded one at a time")
     max_variants: int = Field(64, ge=1)
     max_embed_images: int = Field(32, ge=1, description="images per /v1/embed request")
     max_archive_bytes: int = Field(512 * 1024 * 1024, ge=1, description="uploaded job archive, compressed")
     max_archive_members: int = Field(10_000, ge=1)
     max_archive_total_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1, description="sum of uncompressed member sizes")
+    max_archive_header_bytes: int = Field(
+        16 * 1024 * 1024, ge=512, description="all tar headers of an archive together (512 bytes per header, plus "
+        "PAX headers and GNU long names / links, each of which may be at most 64 KiB), counted before each is read")
     max_archive_ratio: float = Field(100.0, gt=0, description="uncompressed / compressed size, whole archive and each member")
 
     max_json_body_bytes: int = Field(64 * 1024, ge=1, description="JSON body of POST /v1/jobs (a job spec is small)")
@@ -116,9 +122,24 @@ class Settings(BaseSettings):
     body_idle_timeout: float = Field(
         30.0, gt=0, description="longest pause between two parts of any request body (also archive uploads), then 408"
     )
+    upload_timeout: float = Field(
+        900.0, gt=0, description="seconds an archive upload (POST /v1/jobs, multipart) may take as a whole, then 408")
+    max_concurrent_uploads: int = Field(
+        4, ge=1, description="archive uploads in progress at once per API process; one more: 503 overloaded")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line + headers of one request; more: 431 and the connection closed")
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a request's line and headers may take to arrive; then 408 and the connection "
+        "closed (also a connection that sends nothing)")
     max_active_jobs: int = Field(
         100, ge=1, description="queued + running bulk jobs (all API processes sharing the Redis); more: 429 too_many_jobs"
     )
+    refusal_drain_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="a 413 / 429 / 503 answered before the request body was read first reads "
+        "and discards up to this many more body bytes, so the client receives the answer (and its Retry-After) "
+        "instead of a connection reset; a larger body is answered with Connection: close")
+    refusal_drain_timeout: float = Field(
+        10.0, gt=0, description="seconds that draining may take, then the refusal goes out with Connection: close")
     retry_after_s: int = Field(2, ge=1, description="Retry-After (seconds) sent with 503 overloaded / unavailable")
     jobs_retry_after_s: int = Field(30, ge=1, description="Retry-After (seconds) sent with 429 too_many_jobs")
 

@@ -23,10 +23,12 @@ from kombu.exceptions import OperationalError
 from celery import signals
 
 from lrface.service.celery_app import app
-from lrface.service.jobs.lifecycle import purge_expired_jobs, remove_job_files, remove_stray_temps
+from lrface.service.jobs.lifecycle import (clean_orphan_uploads, purge_expired_jobs, remove_job_files, remove_job_input,
+                                           remove_stray_temps)
 from lrface.service.jobs.params import TERMINAL_STATES, JobParams
 from lrface.service.jobs.recovery import recover_lost_tasks
 from lrface.service.jobs.store import JobStore, redis_client
+from lrface.service.redact import error_text
 from lrface.service.settings import get_settings
 
 log = logging.getLogger("lrface.tasks")
@@ -149,7 +151,8 @@ def _process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) ->
             log.warning("chunk %s of job %s failed (%s); retrying", chunk_index, job_id, exc)
             raise _retry(self, exc)
         log.exception("chunk %s of job %s failed for good", chunk_index, job_id)
-        store.fail(job_id, f"chunk {chunk_index} failed: {type(exc).__name__}: {exc}")
+        store.fail(job_id, f"chunk {chunk_index} failed: {error_text(exc, get_settings())}")
+        remove_job_input(get_settings(), job_id)
         return "failed"
     if results is None:
         return _stopped(store, job_id)
@@ -278,14 +281,30 @@ def _finalize_job(self, job_id: str) -> str:
             raise _retry(self, exc)
         log.exception("finalizing job %s failed", job_id)
         store.fail(job_id, f"writing the {'embeddings' if params.kind == 'embed' else 'manifest'} failed: "
-                           f"{type(exc).__name__}: {exc}")
+                           f"{error_text(exc, get_settings())}")
+        remove_job_input(get_settings(), job_id)
         return "failed"
     if job["done"] == 0 and job["failed"] > 0:
         store.redis.hset(store.key(job_id), "error", "no source could be processed")
-        store.transition(job_id, "failed", ("queued", "running"))
+        changed, state = store.transition(job_id, "failed", ("queued", "running"))
     else:
-        store.transition(job_id, "succeeded", ("queued", "running"))
+        changed, state = store.transition(job_id, "succeeded", ("queued", "running"))
+    _settle(output_dir, job_id, changed, state)
     return "finished"
+
+
+def _settle(output_dir: Path, job_id: str, changed: bool, state: str) -> None:
+    """After the finalizer's last step. A DELETE that cancelled the job while the manifest was being written won
+    the race (the job is `cancelled`): the manifest and errors.jsonl this finalizer wrote go, so a cancelled job
+    never has a manifest, whatever the timing (its outputs written so far stay, as for any cancelled job). The
+    job's uploaded input is not needed any more either way."""
+    from lrface.core.files import ERRORS_NAME, MANIFEST_NAME
+
+    if not changed and state == "cancelled":
+        for name in (MANIFEST_NAME, ERRORS_NAME):
+            (output_dir / name).unlink(missing_ok=True)
+    if state in TERMINAL_STATES:
+        remove_job_input(get_settings(), job_id)
 
 
 def _join_embeddings(output_dir: Path, chunks_total: int) -> None:
@@ -323,6 +342,7 @@ def sweep_once() -> dict:
         return {}
     try:
         purge_expired_jobs(store, settings)
+        clean_orphan_uploads(store, settings, min_age_s=orphan_upload_age(settings))
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:
@@ -335,6 +355,12 @@ def sweep_once() -> dict:
             enqueue_finalize=lambda job_id: finalize_job.apply_async(args=(job_id,), queue=settings.queue))
     finally:
         broker.close()
+
+
+def orphan_upload_age(settings) -> float:
+    """How old an upload folder without a job must be before it counts as orphaned while API processes may be
+    receiving or extracting uploads: longer than an upload may take, plus an hour for its extraction."""
+    return settings.upload_timeout + 3600.0
 
 
 def sweep_interval(settings) -> float:

@@ -15,6 +15,8 @@ from lrface.service.api.errors import install_error_handlers
 from lrface.service.api.guard import DOCS_ASSETS_PREFIX, OPEN_PATHS, GuardMiddleware
 from lrface.service.api.limits import AdmissionMiddleware, InferenceLimiter, InFlight
 from lrface.service.api.metrics import Metrics, MetricsMiddleware
+from lrface.service.api.refusals import DrainBeforeRefusalMiddleware
+from lrface.service.api.uploads import UploadGateMiddleware
 from lrface.service.api.routes import demo, embed, health, jobs, synthesize
 from lrface.service.settings import Settings, get_settings
 
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if settings.load_models_on_startup:
             await run_in_threadpool(services.load_all)
+        await run_in_threadpool(_clean_orphan_uploads, services)
         # What start-up made (modules, app, models) lives as long as the process: out of the collector's sight,
         # a full collection takes well under a millisecond instead of ~80 ms, a pause a request would wait out.
         gc.collect()
@@ -84,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first. From the outside in: request id + access log, metrics (they see every request, also
     # refused ones), CORS (when configured), the guard (API key, body size) and admission (backpressure, body
     # timeouts), both before any body is read.
+    app.add_middleware(UploadGateMiddleware, settings=settings, on_shed=shed)
     app.add_middleware(AdmissionMiddleware, settings=settings, on_shed=shed, in_flight_gauge=metrics.in_flight,
                        counter=services.in_flight)
     app.add_middleware(GuardMiddleware, settings=settings)
@@ -92,9 +96,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
+    # Refusals (413 / 429 / 503) from any layer inside: the unread body is drained first, so clients receive them.
+    app.add_middleware(DrainBeforeRefusalMiddleware, max_bytes=settings.refusal_drain_bytes,
+                       timeout=settings.refusal_drain_timeout)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _clean_orphan_uploads(services: Services) -> None:
+    """Upload folders left by a crash (or of jobs that finished) go at start; see `clean_orphan_uploads`."""
+    from lrface.service.jobs.lifecycle import clean_orphan_uploads
+    from lrface.service.tasks import orphan_upload_age
+
+    try:
+        store = services.store
+        if store is not None:
+            clean_orphan_uploads(store, services.settings, min_age_s=orphan_upload_age(services.settings))
+    except Exception as exc:  # Redis not there yet and the like: the workers' sweeper does it later
+        logging.getLogger("lrface.api").warning("cleaning the uploads folder failed: %s: %s", type(exc).__name__, exc)
 
 
 def _document_api_keys(app: FastAPI) -> None:

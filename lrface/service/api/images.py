@@ -69,6 +69,43 @@ def header_pixels(data: bytes) -> int | None:
     return size[0] * size[1] if size else None
 
 
+def declared_pixels(data: bytes) -> int:
+    """width x height an image's header declares (0 when it has none that parses: the decoder refuses it later)."""
+    pixels = header_pixels(data)
+    if pixels is not None:
+        return pixels
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # (a decompression bomb too: the decoder refuses it from its header, before decoding)
+        return 0
+    return width * height
+
+
+def check_pixel_budget(datas: list[bytes], budget: int) -> None:
+    """413 `too_many_pixels` when the images of one request declare more than `budget` pixels in all (checked
+    from their headers, before any is decoded)."""
+    total = sum(declared_pixels(d) for d in datas)
+    if total > budget:
+        raise APIError(413, "too_many_pixels", f"the images of this request hold {total} pixels in all; the limit is "
+                                               f"{budget} per request (LRFACE_MAX_REQUEST_PIXELS)")
+
+
+def prepare_faces(datas: list[bytes], filenames: list[str | None], align: Align | None, max_pixels: int,
+                  detector: FaceDetector | None, to_rows) -> tuple[list[tuple[np.ndarray, dict | None]], np.ndarray]:
+    """`prepare_face` for each image, one at a time: each is decoded, aligned and brought to its model rows
+    (`to_rows([face])`) before the next is decoded, so a request holds at most one decoded image at once.
+
+    Returns ([(a zero-byte array of the face's height x width, detection box)], the model rows of all faces)."""
+    prepared, rows = [], []
+    for data, name in zip(datas, filenames):
+        face, box = prepare_face(data, name, align, max_pixels, detector)
+        rows.append(to_rows([face]))
+        prepared.append((np.empty((face.shape[0], face.shape[1], 0), dtype=np.uint8), box))  # (its size only)
+        del face
+    return prepared, (np.concatenate(rows) if rows else to_rows([]))
+
+
 def small_enough_inline(datas: list[bytes], align: Align | None) -> bool:
     """Whether decoding these uploads is cheap enough to do on the event loop (judged from their headers).
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from lrface.core import recordio
+from lrface.service.jobs.archive_limits import shown
 from lrface.service.jobs.params import JobInputError
 
 
@@ -77,7 +78,8 @@ def plan_job_sources(input_dir: Path, output_dir: Path, allowed_root: Path,
         try:
             names = plan_sources(input_dir, output_dir, errors=failures)
         except (OSError, ValueError) as exc:
-            raise JobInputError(400, "bad_recordio", f"the RecordIO dataset cannot be read: {exc}") from None
+            raise JobInputError(400, "bad_recordio", "the RecordIO dataset cannot be read: "
+                                f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else shown(str(exc))}") from None
         return names, failures
     if kind == "embed":
         planned = plan_embed_sources(input_dir, errors=failures)

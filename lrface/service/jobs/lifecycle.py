@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from lrface.service.jobs.inputs import chunked, plan_job_sources
-from lrface.service.jobs.params import JobInputError, JobParams, is_job_id
+from lrface.service.jobs.params import TERMINAL_STATES, JobInputError, JobParams, is_job_id
 from lrface.service.jobs.store import JobStore
 from lrface.service.settings import Settings
 
@@ -56,7 +56,7 @@ def submit_job(store: JobStore, settings: Settings, *, job_id: str, params: JobP
             enqueue(job_id, index, paths)
     except Exception as exc:
         try:
-            store.fail(job_id, f"the broker refused the job's tasks: {exc}")
+            store.fail(job_id, f"the broker refused the job's tasks: {type(exc).__name__}")
         except Exception:
             pass  # the broker and the job store are often the same Redis
         raise JobInputError(503, "broker_unavailable", "the job could not be queued: the broker is unreachable") from None
@@ -100,6 +100,46 @@ def remove_job_files(settings: Settings, job_id: str) -> None:
     _remove_own_folder(settings.jobs_root_path, job_id)
     _remove_own_folder(settings.uploads_root_path, job_id)
     _remove_own_folder(settings.uploads_root_path, f"{job_id}.upload")
+
+
+def remove_job_input(settings: Settings, job_id: str) -> None:
+    """A finished job's uploaded input (the extracted archive or .rec, and the archive if it is still there):
+    not needed any more once the job succeeded, failed or was cancelled."""
+    if not is_job_id(job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    _remove_own_folder(settings.uploads_root_path, job_id)
+    _remove_own_folder(settings.uploads_root_path, f"{job_id}.upload")
+
+
+def clean_orphan_uploads(store: JobStore, settings: Settings, min_age_s: float) -> int:
+    """Remove what the uploads folder holds for jobs that finished or do not exist (a crash in the middle of an
+    upload or extraction leaves such folders); entries younger than `min_age_s` whose job does not exist (yet)
+    are left alone: another API process may be receiving or extracting that upload. Returns how many went."""
+    root = settings.uploads_root_path
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return 0
+    removed, now = 0, time.time()
+    for entry in entries:
+        job_id = entry.name.removesuffix(".upload")
+        if not is_job_id(job_id):
+            continue
+        job = store.get(job_id, errors_limit=0)
+        if job is not None and job["state"] not in TERMINAL_STATES:
+            continue
+        if job is None:
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if age < min_age_s:
+                continue
+        if _remove_own_folder(root, entry.name):
+            removed += 1
+    if removed:
+        log.info("removed %d upload folder(s) of finished or vanished jobs from the uploads folder", removed)
+    return removed
 
 
 def purge_job(store: JobStore, settings: Settings, job_id: str) -> None:

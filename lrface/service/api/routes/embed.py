@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lrface.service.api.deps import Services, ServicesDep, SettingsDep, get_embedder, loaded_model
 from lrface.service.api.errors import APIError
-from lrface.service.api.images import Align, prepare_face, read_upload, small_enough_inline
+from lrface.service.api.images import Align, check_pixel_budget, prepare_face, prepare_faces, read_upload, small_enough_inline
 from lrface.service.api.limits import run_batched
 from lrface.service.api.multipart import parse_plain_multipart
 from lrface.service.api.routes.synthesize import FaceBox
@@ -65,25 +65,23 @@ async def _embed_uploads(services: Services, settings: Settings, embedder: Embed
 async def _embed_files(services: Services, settings: Settings, embedder: Embedder, filenames: list[str | None],
                        datas: list[bytes], align: Align | None, endpoint: str):
     detector = _detector_for(services, align)
+    check_pixel_budget(datas, settings.max_request_pixels)
 
-    def decode():
-        return [prepare_face(d, name, align, settings.max_image_pixels, detector) for d, name in zip(datas, filenames)]
+    def prepare():
+        # One image at a time: each is decoded and brought to its model rows before the next is decoded.
+        return prepare_faces(datas, filenames, align, settings.max_image_pixels, detector, embedder.prepare)
 
     if getattr(embedder, "batcher", None) is None:
         # One model call per request, in the thread pool, under the compute gate.
         def work():
-            prepared = decode()
-            return prepared, embedder.embed([face for face, _ in prepared])
+            prepared, batch = prepare()
+            return prepared, embedder.run(batch)
 
         async with services.limiter.slot():
             prepared, vectors = await run_in_threadpool(work)
     else:
         # Micro-batching: decode (on the loop when tiny, else in the pool under the compute gate), then wait for
         # the model in the batcher's queue without holding a thread or a compute slot.
-        def prepare():
-            prepared = decode()
-            return prepared, embedder.prepare([face for face, _ in prepared])
-
         if small_enough_inline(datas, align):
             prepared, batch = prepare()
         else:

@@ -20,7 +20,7 @@ from lrface.service.api.job_outputs import TarStream, iter_zip, parse_range
 from lrface.service.api.routes.synthesize import random_seed, synthesis_params
 from lrface.service.jobs.archives import ArchiveLimits, extract_archive
 from lrface.service.jobs.inputs import resolve_input_dir
-from lrface.service.jobs.lifecycle import owner_of, purge_job, remove_tree, submit_job
+from lrface.service.jobs.lifecycle import owner_of, purge_job, remove_job_input, remove_tree, submit_job
 from lrface.service.jobs.params import JobInputError, JobParams, is_job_id, new_job_id
 from lrface.core.files import MANIFEST_NAME
 from lrface.core.params import AugmentParams
@@ -456,7 +456,11 @@ async def cancel_job(job_id: str, request: Request, store: JobStoreDep, settings
             return JobPurged(job_id=job_id, purged=True, state=job["state"])
         if job["state"] in ("succeeded", "failed"):
             raise APIError(409, "job_finished", f"the job already {job['state']}; purge it with ?purge=true")
-        store.cancel(job_id)
+        _, state = store.cancel(job_id)
+        if state in ("succeeded", "failed"):  # the finalizer was quicker: the job finished, as it says
+            raise APIError(409, "job_finished", f"the job already {state}; purge it with ?purge=true")
+        if state == "cancelled":
+            remove_job_input(settings, job_id)  # (its chunks stop; the input is not needed any more)
         return job_out(store.get(job_id))
 
     return await run_in_threadpool(cancel)
