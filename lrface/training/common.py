@@ -1,6 +1,6 @@
 """Pieces shared by the trainers (`train_embedder`, `train_ran`, `train_mrgan`): device / threads / bf16 setup,
 seeded per-step generators, atomic checkpoints, the metrics log, progress output, common command-line flags and
-the stop / periodic-save bookkeeping of a training loop."""
+the training loop itself (`fit`, with its stop / periodic-save bookkeeping)."""
 from __future__ import annotations
 
 import argparse
@@ -217,6 +217,35 @@ class RunControl:
         self.finish()
         print(f"{prog}: {stop_reason + ', stopped' if stop_reason else 'done'} at step {step}{outputs}", flush=True)
         return 130 if stop_reason == "interrupted" else 0
+
+
+def fit(train_step: Callable[[int], tuple[dict, dict]], *, prog: str, step: int, stop_at: int, total_steps: int,
+        log_every: int, metrics: "MetricsLog", desc: str, max_minutes: float | None, save_every_minutes: float,
+        checkpoint: Callable[[int], None], report: Callable[[dict], str], outputs: Callable[[int], str],
+        start: float, elapsed_before: float, images_per_step: int, time_format: str = ".2f") -> int:
+    """The training loop of every trainer, from `step` to `stop_at`: `train_step(step)` does one update and returns
+    its metrics row (plain values, tensors), to which the loop adds step, time and images_per_s; the log line
+    (`report`), --max-minutes and the periodic save (`checkpoint(step)`) go through `RunControl`; Ctrl-C stops as
+    "interrupted". Ends with the final save and the last line (`outputs(step)` after the step); returns the exit
+    status (130 when interrupted)."""
+    control = RunControl(max_minutes, save_every_minutes, metrics, Progress(stop_at, step, desc),
+                         lambda: checkpoint(step))
+    start_step, stop_reason = step, None
+    try:
+        while step < stop_at:
+            plain, tensors = train_step(step)
+            step += 1
+            elapsed = time.time() - start
+            metrics.add({"step": step, "time": f"{elapsed_before + elapsed:{time_format}}", **plain,
+                         "images_per_s": f"{(step - start_step) * images_per_step / max(elapsed, 1e-9):.1f}"},
+                        tensors)
+            stop_reason = control.end_step(step, stop_at=stop_at, total_steps=total_steps, start_step=start_step,
+                                           log_every=log_every, elapsed=elapsed, report=report)
+            if stop_reason:
+                break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    return control.end_run(prog, stop_reason, step, outputs(step))
 
 
 class MetricsLog:

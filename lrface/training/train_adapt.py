@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from lrface.models.dlib_resnet import DlibFaceModel, count_macs
 from lrface.models.ran import ModelMR, TranslationGate
 from lrface.training.adapt_data import LR_KINDS, load as load_bundle
-from lrface.training.common import (MetricsLog, Progress, RunControl, load_typed_config, resume_checkpoint,
-                             save_checkpoint, step_generator)
+from lrface.training.common import (MetricsLog, fit, load_typed_config, resume_checkpoint, save_checkpoint,
+                             step_generator)
 from lrface.training.configs.adapt_full import AdaptConfig
 from lrface.training.losses import MarginHead, margin_loss
 from lrface.training.train_embedder import export_embedding_module
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                 "torch": str(torch.__version__)}
 
-    def checkpoint() -> None:
+    def checkpoint(step: int) -> None:
         elapsed = elapsed_before + time.time() - start
         save_checkpoint(out / "last.pt", {
             "kind": "adapt", "config": dataclasses.asdict(cfg), "lr_branch": lr_branch.state_dict(),
@@ -371,8 +371,6 @@ def main(argv: list[str] | None = None) -> int:
                                                  indent=2) + "\n")
 
     metrics = MetricsLog(out / "metrics.csv", METRIC_FIELDS)
-    progress = Progress(cfg.steps, step, "adapt")
-    control = RunControl(args.max_minutes, cfg.save_every_minutes, metrics, progress, checkpoint)
     zeros, ones = torch.zeros(batch, 1, device=device), torch.ones(batch, 1, device=device)
     # the teacher's (centred, unit) features of every source in the pool: the classes of the contrastive
     # feature supervision, and the source's position in it
@@ -383,114 +381,112 @@ def main(argv: list[str] | None = None) -> int:
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
-    start_step, stop_reason = step, None
+
     if cfg.gate and step == 0 and cfg.d_warmup_steps:
         warm_up_discriminator(gate, pool, t_hr, lr_sets, cfg, device)
-    try:
-        while step < cfg.steps:
-            rng = step_generator(cfg.seed, 7, step)
-            idx = pool[torch.randint(len(pool), (batch,), generator=rng).numpy()]
-            order = np.argsort(idx[n_hr:])  # sorted reads from the memory maps; order inside a batch is free
-            idx = np.concatenate([idx[:n_hr], idx[n_hr:][order]])
-            kind_of = lr_sets.draw(batch - n_hr, rng)
-            pixels = np.concatenate([hr_images[idx[:n_hr]], lr_sets.images(idx[n_hr:], kind_of)])
-            x = tensor(pixels).permute(0, 3, 1, 2).float() / 255.0
-            if cfg.photometric > 0:  # LR inputs only
-                x[n_hr:] = photometric(x[n_hr:], cfg.photometric, rng)
-            x = x * 2 - 1
-            target = tensor(t_hr[idx])
-            y = tensor(labels_all[idx])
-            lr_now = learning_rate(cfg.lr, step, cfg.steps, cfg.warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now * group["lr_scale"]
+    lr_now = 0.0  # of the latest update, for metrics.csv
 
-            f_lr = lr_branch(x)
-            if cfg.gate:
-                f_hr = tensor(np.concatenate([t_hr[idx[:n_hr]], lr_sets.teacher(idx[n_hr:], kind_of)]))
-                # D_LR's parameters take part in the forward pass only when the task losses also train the gate
-                gate.discriminator.requires_grad_(cfg.gate_task_weight > 0)
-                parts = gate(f_hr, f_lr)
-                fused, w = parts["fused"], parts["w"]
-            else:
-                f_hr, fused, w = None, f_lr, None
-            # feature supervision: squared Euclidean distance in dlib's own space (translation invariant, so the
-            # descriptors' large common component does not drown the part that tells people apart)
-            dist2 = (fused - target).pow(2).sum(1)
-            feat = dist2.mean()
-            loss = cfg.feature_weight * feat
-            centred = fused - gate.center
-            cos = F.cosine_similarity(centred, target - gate.center, dim=1)
-            contrast = torch.zeros((), device=device)
-            if cfg.contrast_weight > 0:
-                # which of all the teacher's HR features is this face's source? (other faces of the same person
-                # are not counted as wrong answers)
-                logits = cfg.contrast_scale * F.normalize(centred, dim=1) @ bank.T
-                pos = torch.from_numpy(position[idx]).to(device)
-                same = (bank_labels[None, :] == y[:, None]) & (y[:, None] >= 0)
-                same[torch.arange(len(pos)), pos] = False
-                contrast = F.cross_entropy(logits.masked_fill(same, float("-inf")), pos)
-                loss = loss + cfg.contrast_weight * contrast
-            real_cls = torch.zeros((), device=device)
-            if real is not None:  # real captures: tell their people apart (the target domain itself)
-                ridx = np.sort(torch.randint(len(real["labels"]), (cfg.real_per_batch,), generator=rng).numpy())
-                xr = tensor(real["images"][ridx]).permute(0, 3, 1, 2).float() / 127.5 - 1
-                fr = lr_branch(xr) - gate.center
-                real_cls, _ = margin_loss(real["head"], fr, tensor(real["labels"][ridx]))
-                loss = loss + cfg.real_weight * real_cls
-            has_id = y >= 0
-            cls, acc = (margin_loss(head["hr"], centred[has_id], y[has_id]) if bool(has_id.any())
-                        else (torch.zeros((), device=device), torch.zeros((), device=device)))
-            loss = loss + cfg.cls_weight * cls
-            d_task = None
-            if cfg.gate and cfg.gate_task_weight > 0:  # what the task losses ask of W (through D_LR's weights)
-                d_params = list(gate.discriminator.parameters())
-                d_task = torch.autograd.grad(loss, d_params, retain_graph=True, allow_unused=True)
-            adv = torch.zeros((), device=device)
-            if cfg.gate and cfg.adv_weight > 0:
-                adv = F.binary_cross_entropy_with_logits(gate.discriminator(centred[n_hr:]), zeros[n_hr:])
-                loss = loss + cfg.adv_weight * adv
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    def train_step(step: int) -> tuple[dict, dict]:
+        nonlocal lr_now
+        rng = step_generator(cfg.seed, 7, step)
+        idx = pool[torch.randint(len(pool), (batch,), generator=rng).numpy()]
+        order = np.argsort(idx[n_hr:])  # sorted reads from the memory maps; order inside a batch is free
+        idx = np.concatenate([idx[:n_hr], idx[n_hr:][order]])
+        kind_of = lr_sets.draw(batch - n_hr, rng)
+        pixels = np.concatenate([hr_images[idx[:n_hr]], lr_sets.images(idx[n_hr:], kind_of)])
+        x = tensor(pixels).permute(0, 3, 1, 2).float() / 255.0
+        if cfg.photometric > 0:  # LR inputs only
+            x[n_hr:] = photometric(x[n_hr:], cfg.photometric, rng)
+        x = x * 2 - 1
+        target = tensor(t_hr[idx])
+        y = tensor(labels_all[idx])
+        lr_now = learning_rate(cfg.lr, step, cfg.steps, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_now * group["lr_scale"]
 
-            loss_d = torch.zeros((), device=device)
-            if cfg.gate:  # D_LR: teacher features of HR faces -> 0, of LR faces -> 1, fused LR features -> 1
-                gate.discriminator.requires_grad_(True)
-                sel = idx[n_hr:]
-                d_in = torch.cat([tensor(t_hr[sel]), tensor(lr_sets.teacher(sel, kind_of)),
-                                  fused[n_hr:].detach()]) - gate.center
-                logits = gate.discriminator(d_in)
-                m = len(sel)
-                loss_d = (F.binary_cross_entropy_with_logits(logits[:m], zeros[:m])
-                          + (1 - cfg.d_fused_weight) * F.binary_cross_entropy_with_logits(logits[m:2 * m], ones[:m])
-                          + cfg.d_fused_weight * F.binary_cross_entropy_with_logits(logits[2 * m:], ones[:m]))
-                d_optimizer.zero_grad(set_to_none=True)
-                loss_d.backward()
-                if d_task is not None:
-                    for p, g in zip(d_params, d_task):
-                        if g is not None:
-                            p.grad.add_(g, alpha=cfg.gate_task_weight)
-                d_optimizer.step()
-            step += 1
+        f_lr = lr_branch(x)
+        if cfg.gate:
+            f_hr = tensor(np.concatenate([t_hr[idx[:n_hr]], lr_sets.teacher(idx[n_hr:], kind_of)]))
+            # D_LR's parameters take part in the forward pass only when the task losses also train the gate
+            gate.discriminator.requires_grad_(cfg.gate_task_weight > 0)
+            parts = gate(f_hr, f_lr)
+            fused, w = parts["fused"], parts["w"]
+        else:
+            f_hr, fused, w = None, f_lr, None
+        # feature supervision: squared Euclidean distance in dlib's own space (translation invariant, so the
+        # descriptors' large common component does not drown the part that tells people apart)
+        dist2 = (fused - target).pow(2).sum(1)
+        feat = dist2.mean()
+        loss = cfg.feature_weight * feat
+        centred = fused - gate.center
+        cos = F.cosine_similarity(centred, target - gate.center, dim=1)
+        contrast = torch.zeros((), device=device)
+        if cfg.contrast_weight > 0:
+            # which of all the teacher's HR features is this face's source? (other faces of the same person
+            # are not counted as wrong answers)
+            logits = cfg.contrast_scale * F.normalize(centred, dim=1) @ bank.T
+            pos = torch.from_numpy(position[idx]).to(device)
+            same = (bank_labels[None, :] == y[:, None]) & (y[:, None] >= 0)
+            same[torch.arange(len(pos)), pos] = False
+            contrast = F.cross_entropy(logits.masked_fill(same, float("-inf")), pos)
+            loss = loss + cfg.contrast_weight * contrast
+        real_cls = torch.zeros((), device=device)
+        if real is not None:  # real captures: tell their people apart (the target domain itself)
+            ridx = np.sort(torch.randint(len(real["labels"]), (cfg.real_per_batch,), generator=rng).numpy())
+            xr = tensor(real["images"][ridx]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            fr = lr_branch(xr) - gate.center
+            real_cls, _ = margin_loss(real["head"], fr, tensor(real["labels"][ridx]))
+            loss = loss + cfg.real_weight * real_cls
+        has_id = y >= 0
+        cls, acc = (margin_loss(head["hr"], centred[has_id], y[has_id]) if bool(has_id.any())
+                    else (torch.zeros((), device=device), torch.zeros((), device=device)))
+        loss = loss + cfg.cls_weight * cls
+        d_task = None
+        if cfg.gate and cfg.gate_task_weight > 0:  # what the task losses ask of W (through D_LR's weights)
+            d_params = list(gate.discriminator.parameters())
+            d_task = torch.autograd.grad(loss, d_params, retain_graph=True, allow_unused=True)
+        adv = torch.zeros((), device=device)
+        if cfg.gate and cfg.adv_weight > 0:
+            adv = F.binary_cross_entropy_with_logits(gate.discriminator(centred[n_hr:]), zeros[n_hr:])
+            loss = loss + cfg.adv_weight * adv
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
-            elapsed = time.time() - start
-            tensors = {"loss": loss, "feat": feat, "contrast": contrast, "real_cls": real_cls, "feat_lr": dist2[n_hr:].mean(), "cos_lr": cos[n_hr:].mean(),
-                       "cls": cls, "acc": acc, "adv": adv, "loss_d": loss_d}
-            if w is not None:
-                tensors.update({"w_lr": w[n_hr:].mean(), **({"w_hr": w[:n_hr].mean()} if n_hr else {})})
-            metrics.add({"step": step, "time": f"{elapsed_before + elapsed:.1f}", "lr": f"{lr_now:.3g}",
-                         "images_per_s": f"{(step - start_step) * batch / max(elapsed, 1e-9):.1f}"}, tensors)
-            stop_reason = control.end_step(
-                step, stop_at=cfg.steps, total_steps=cfg.steps, start_step=start_step, log_every=cfg.log_every,
-                elapsed=elapsed, report=lambda last: (
-                    f"loss {last['loss']:.4f} feat_lr {last['feat_lr']:.4f} contrast {last['contrast']:.3f} "
-                    f"real {last['real_cls']:.3f} cls {last['cls']:.3f} acc {last['acc']:.3f}"
-                    + (f" W_hr {last.get('w_hr', float('nan')):.3f} W_lr {last['w_lr']:.3f}" if cfg.gate else "")))
-            if stop_reason:
-                break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    return control.end_run("train-adapt", stop_reason, step, f"; {out / 'last.pt'}")
+        loss_d = torch.zeros((), device=device)
+        if cfg.gate:  # D_LR: teacher features of HR faces -> 0, of LR faces -> 1, fused LR features -> 1
+            gate.discriminator.requires_grad_(True)
+            sel = idx[n_hr:]
+            d_in = torch.cat([tensor(t_hr[sel]), tensor(lr_sets.teacher(sel, kind_of)),
+                              fused[n_hr:].detach()]) - gate.center
+            logits = gate.discriminator(d_in)
+            m = len(sel)
+            loss_d = (F.binary_cross_entropy_with_logits(logits[:m], zeros[:m])
+                      + (1 - cfg.d_fused_weight) * F.binary_cross_entropy_with_logits(logits[m:2 * m], ones[:m])
+                      + cfg.d_fused_weight * F.binary_cross_entropy_with_logits(logits[2 * m:], ones[:m]))
+            d_optimizer.zero_grad(set_to_none=True)
+            loss_d.backward()
+            if d_task is not None:
+                for p, g in zip(d_params, d_task):
+                    if g is not None:
+                        p.grad.add_(g, alpha=cfg.gate_task_weight)
+            d_optimizer.step()
+        tensors = {"loss": loss, "feat": feat, "contrast": contrast, "real_cls": real_cls,
+                   "feat_lr": dist2[n_hr:].mean(), "cos_lr": cos[n_hr:].mean(),
+                   "cls": cls, "acc": acc, "adv": adv, "loss_d": loss_d}
+        if w is not None:
+            tensors.update({"w_lr": w[n_hr:].mean(), **({"w_hr": w[:n_hr].mean()} if n_hr else {})})
+        return {"lr": f"{lr_now:.3g}"}, tensors
+
+    return fit(train_step, prog="train-adapt", step=step, stop_at=cfg.steps, total_steps=cfg.steps,
+               log_every=cfg.log_every, metrics=metrics, desc="adapt", max_minutes=args.max_minutes,
+               save_every_minutes=cfg.save_every_minutes, checkpoint=checkpoint,
+               report=lambda last: (
+                   f"loss {last['loss']:.4f} feat_lr {last['feat_lr']:.4f} contrast {last['contrast']:.3f} "
+                   f"real {last['real_cls']:.3f} cls {last['cls']:.3f} acc {last['acc']:.3f}"
+                   + (f" W_hr {last.get('w_hr', float('nan')):.3f} W_lr {last['w_lr']:.3f}" if cfg.gate else "")),
+               outputs=lambda step: f"; {out / 'last.pt'}",
+               start=start, elapsed_before=elapsed_before, images_per_step=batch, time_format=".1f")
 
 
 if __name__ == "__main__":

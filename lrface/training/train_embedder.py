@@ -34,7 +34,7 @@ from torch import nn
 from lrface.models.backbones import count_parameters, get_model
 from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
 from lrface.training.common import (MetricsLog, Progress, RunControl, add_run_flags, epoch_order,  # noqa: F401
-                             epoch_plan, load_checkpoint, load_typed_config, pick_device, resolve_config,
+                             epoch_plan, fit, load_checkpoint, load_typed_config, pick_device, resolve_config,
                              resume_checkpoint, save_checkpoint, set_learning_rate, setup_device, step_generator,
                              to_device_uint8)  # some only re-exported: older imports from here keep working
 from lrface.training.configs.embedder_base import EmbedderConfig
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.time()
 
-    def checkpoint() -> None:
+    def checkpoint(step: int) -> None:
         save_checkpoint(out / "last.pt", {
             "kind": "embedder", "mode": args.mode, "config": dataclasses.asdict(cfg),
             "model": net.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
@@ -255,56 +255,47 @@ def main(argv: list[str] | None = None) -> int:
         })
 
     metrics = MetricsLog(out / "metrics.csv", METRIC_FIELDS)
-    progress = Progress(stop_at, step, f"embedder-{args.mode}")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     bicubic_prob = cfg.bicubic_prob if args.mode == "hr_bicubic" else 0.0
     net.train()
     head.train()
-    control = RunControl(args.max_minutes, cfg.save_every_minutes, metrics, progress, checkpoint)
-    start_step, stop_reason = step, None
-    try:
-        while step < stop_at:
-            epoch, position = divmod(step, steps_per_epoch)
-            order = epoch_order(cfg.seed, epoch, n)
-            index = order[position * batch_size:(position + 1) * batch_size]
-            rng = step_generator(cfg.seed, 2, step)
-            flip = (torch.rand(len(index), generator=rng) < 0.5) & torch.tensor(cfg.flip)
-            x = gather(images, index, flip)
-            degrade = torch.rand(len(index), generator=rng) < bicubic_prob
-            if degrade.any():
-                heights = torch.randint(cfg.bicubic_min_height, cfg.bicubic_max_height + 1, (len(index),), generator=rng)
-                rows = degrade.nonzero().squeeze(1)
-                x[rows.to(device)] = bicubic_degrade(x[rows.to(device)], heights[rows])
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[index.to(device)]
+    epoch, lr_now = 0, 0.0  # of the latest update, for the log line
 
-            lr_now = learning_rate(cfg.lr, step, total_steps, warmup_steps, cfg.schedule, cfg.milestones)
-            set_learning_rate(optimizer, lr_now)
-            with autocast:
-                emb = net(x)
-            loss, acc = margin_loss(head, emb.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+    def train_step(step: int) -> tuple[dict, dict]:
+        nonlocal epoch, lr_now
+        epoch, position = divmod(step, steps_per_epoch)
+        order = epoch_order(cfg.seed, epoch, n)
+        index = order[position * batch_size:(position + 1) * batch_size]
+        rng = step_generator(cfg.seed, 2, step)
+        flip = (torch.rand(len(index), generator=rng) < 0.5) & torch.tensor(cfg.flip)
+        x = gather(images, index, flip)
+        degrade = torch.rand(len(index), generator=rng) < bicubic_prob
+        if degrade.any():
+            heights = torch.randint(cfg.bicubic_min_height, cfg.bicubic_max_height + 1, (len(index),), generator=rng)
+            rows = degrade.nonzero().squeeze(1)
+            x[rows.to(device)] = bicubic_degrade(x[rows.to(device)], heights[rows])
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[index.to(device)]
 
-            elapsed = time.time() - start
-            metrics.add({"step": step, "epoch": epoch, "time": f"{elapsed_before + elapsed:.2f}", "lr": f"{lr_now:.6g}",
-                         "bicubic_frac": f"{degrade.float().mean().item():.3f}",
-                         "images_per_s": f"{(step - start_step) * batch_size / max(elapsed, 1e-9):.1f}"},
-                        {"loss": loss, "acc": acc})
-            stop_reason = control.end_step(
-                step, stop_at=stop_at, total_steps=total_steps, start_step=start_step, log_every=cfg.log_every,
-                elapsed=elapsed, report=lambda last: f"epoch {epoch} lr {lr_now:.4g} loss {last['loss']:.4f} "
-                                                     f"acc {last['acc']:.3f}")
-            if stop_reason:
-                break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    return control.end_run("train-embedder", stop_reason, step,
-                           f" (epoch {step / steps_per_epoch:.2f}); {out / 'last.pt'}")
+        lr_now = learning_rate(cfg.lr, step, total_steps, warmup_steps, cfg.schedule, cfg.milestones)
+        set_learning_rate(optimizer, lr_now)
+        with autocast:
+            emb = net(x)
+        loss, acc = margin_loss(head, emb.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return ({"epoch": epoch, "lr": f"{lr_now:.6g}", "bicubic_frac": f"{degrade.float().mean().item():.3f}"},
+                {"loss": loss, "acc": acc})
+
+    return fit(train_step, prog="train-embedder", step=step, stop_at=stop_at, total_steps=total_steps,
+               log_every=cfg.log_every, metrics=metrics, desc=f"embedder-{args.mode}", max_minutes=args.max_minutes,
+               save_every_minutes=cfg.save_every_minutes, checkpoint=checkpoint,
+               report=lambda last: f"epoch {epoch} lr {lr_now:.4g} loss {last['loss']:.4f} acc {last['acc']:.3f}",
+               outputs=lambda step: f" (epoch {step / steps_per_epoch:.2f}); {out / 'last.pt'}",
+               start=start, elapsed_before=elapsed_before, images_per_step=batch_size)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from lrface.models.backbones import count_parameters, get_model
 from lrface.models.ran import ModelMR
-from lrface.training.common import (MetricsLog, Progress, RunControl, add_run_flags, epoch_order, epoch_plan,
-                             load_checkpoint, load_typed_config, resolve_config, resume_checkpoint, save_checkpoint,
+from lrface.training.common import (MetricsLog, add_run_flags, epoch_order, epoch_plan, fit, load_checkpoint,
+                             load_typed_config, resolve_config, resume_checkpoint, save_checkpoint,
                              set_learning_rate, setup_device, step_generator, to_device_uint8)
 from lrface.training.configs.ran_base import RANConfig
 from lrface.core.files import list_images
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.time()
 
-    def checkpoint() -> None:
+    def checkpoint(step: int) -> None:
         save_checkpoint(out / "last.pt", {
             "kind": "ran", "config": dataclasses.asdict(cfg), "branches": branches, "model": model.state_dict(),
             "head": head.state_dict(), "optimizer": optimizer.state_dict(), "d_optimizer": d_optimizer.state_dict(),
@@ -277,7 +277,6 @@ def main(argv: list[str] | None = None) -> int:
         plot_fig3(out / "metrics.csv", out / FIG3_NAME)
 
     metrics = MetricsLog(out / "metrics.csv", METRIC_FIELDS)
-    progress = Progress(stop_at, step, "ran")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     model.train()
@@ -285,99 +284,92 @@ def main(argv: list[str] | None = None) -> int:
         model.hr_branch.eval()  # frozen BatchNorm statistics too
     zeros = torch.zeros(batch_size, 1, device=device)
     ones = torch.ones(batch_size, 1, device=device)
-    control = RunControl(args.max_minutes, cfg.save_every_minutes, metrics, progress, checkpoint)
-    start_step, stop_reason = step, None
-    try:
-        while step < stop_at:
-            # --- batch: B HR faces and an LR version of each (synthesized variant or bicubic copy)
-            epoch, position = divmod(step, steps_per_epoch)
-            index = epoch_order(cfg.seed, epoch, n)[position * batch_size:(position + 1) * batch_size]
-            rng = step_generator(cfg.seed, 3, step)
-            flip = (torch.rand(batch_size, generator=rng) < 0.5) & torch.tensor(cfg.flip)
-            heights = torch.randint(cfg.bicubic_min_height, cfg.bicubic_max_height + 1, (batch_size,), generator=rng)
-            source = draw_lr_sources(variants, index, cfg.bicubic_fraction, rng) if lr_images is not None \
-                else torch.full((batch_size,), -1, dtype=torch.long)
-            x_hr = gather(hr_images, index, flip)
-            x_lr = torch.empty_like(x_hr)
-            synth = (source >= 0).nonzero().squeeze(1)
-            bicubic = (source < 0).nonzero().squeeze(1)
-            if len(synth):
-                x_lr[synth.to(device)] = gather(lr_images, source[synth], flip[synth])
-            if len(bicubic):
-                x_lr[bicubic.to(device)] = bicubic_degrade(x_hr[bicubic.to(device)], heights[bicubic])
-            x = torch.cat([x_hr, x_lr])
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[index.to(device)]
+    epoch, lr_now = 0, 0.0  # of the latest update, for the log line
 
-            lr_now = learning_rate(cfg.lr, step, total_steps, warmup_steps, cfg.schedule, cfg.milestones)
-            set_learning_rate(optimizer, lr_now)
+    def train_step(step: int) -> tuple[dict, dict]:
+        nonlocal epoch, lr_now, feature_updates
+        # --- batch: B HR faces and an LR version of each (synthesized variant or bicubic copy)
+        epoch, position = divmod(step, steps_per_epoch)
+        index = epoch_order(cfg.seed, epoch, n)[position * batch_size:(position + 1) * batch_size]
+        rng = step_generator(cfg.seed, 3, step)
+        flip = (torch.rand(batch_size, generator=rng) < 0.5) & torch.tensor(cfg.flip)
+        heights = torch.randint(cfg.bicubic_min_height, cfg.bicubic_max_height + 1, (batch_size,), generator=rng)
+        source = draw_lr_sources(variants, index, cfg.bicubic_fraction, rng) if lr_images is not None \
+            else torch.full((batch_size,), -1, dtype=torch.long)
+        x_hr = gather(hr_images, index, flip)
+        x_lr = torch.empty_like(x_hr)
+        synth = (source >= 0).nonzero().squeeze(1)
+        bicubic = (source < 0).nonzero().squeeze(1)
+        if len(synth):
+            x_lr[synth.to(device)] = gather(lr_images, source[synth], flip[synth])
+        if len(bicubic):
+            x_lr[bicubic.to(device)] = bicubic_degrade(x_hr[bicubic.to(device)], heights[bicubic])
+        x = torch.cat([x_hr, x_lr])
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[index.to(device)]
 
-            # --- Model_MR forward; D_LR only gives W here (its own update follows)
-            discriminator.requires_grad_(False)
-            with autocast:
-                with torch.set_grad_enabled(not cfg.freeze_hr_branch):
-                    f_hr = model.hr_branch(x)
-                f_lr = model.lr_branch(x)
-            gate = model.gate(f_hr.float(), f_lr.float())
-            fused, w = gate["fused"], gate["w"]
-            f_hr = f_hr.float()
+        lr_now = learning_rate(cfg.lr, step, total_steps, warmup_steps, cfg.schedule, cfg.milestones)
+        set_learning_rate(optimizer, lr_now)
 
-            # --- probabilistic supervision on HR and LR inputs
-            cls_hr, acc_hr = margin_loss(head, fused[:batch_size], y)
-            cls_lr, acc_lr = margin_loss(head, fused[batch_size:], y)
-            loss = cls_hr + cfg.lr_cls_weight * cls_lr
-            # --- feature supervision, every `feature_every`-th update only
-            update = step + 1
-            applied = feature_supervision_applies(update, cfg.feature_every)
-            target = f_hr[:batch_size].detach()
-            if applied:
+        # --- Model_MR forward; D_LR only gives W here (its own update follows)
+        discriminator.requires_grad_(False)
+        with autocast:
+            with torch.set_grad_enabled(not cfg.freeze_hr_branch):
+                f_hr = model.hr_branch(x)
+            f_lr = model.lr_branch(x)
+        gate = model.gate(f_hr.float(), f_lr.float())
+        fused, w = gate["fused"], gate["w"]
+        f_hr = f_hr.float()
+
+        # --- probabilistic supervision on HR and LR inputs
+        cls_hr, acc_hr = margin_loss(head, fused[:batch_size], y)
+        cls_lr, acc_lr = margin_loss(head, fused[batch_size:], y)
+        loss = cls_hr + cfg.lr_cls_weight * cls_lr
+        # --- feature supervision, every `feature_every`-th update only
+        update = step + 1
+        applied = feature_supervision_applies(update, cfg.feature_every)
+        target = f_hr[:batch_size].detach()
+        if applied:
+            feat_dist = feature_loss(cfg.feature_loss, fused[batch_size:], target)
+            loss = loss + cfg.feature_weight * feat_dist
+            feature_updates += 1
+        else:
+            with torch.no_grad():
                 feat_dist = feature_loss(cfg.feature_loss, fused[batch_size:], target)
-                loss = loss + cfg.feature_weight * feat_dist
-                feature_updates += 1
-            else:
-                with torch.no_grad():
-                    feat_dist = feature_loss(cfg.feature_loss, fused[batch_size:], target)
-            # --- adversarial: the MR feature of an LR face should look like an HR face's to D_LR
-            adv_g = F.binary_cross_entropy_with_logits(discriminator(fused[batch_size:]), zeros)
-            loss = loss + cfg.adv_weight * adv_g
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        # --- adversarial: the MR feature of an LR face should look like an HR face's to D_LR
+        adv_g = F.binary_cross_entropy_with_logits(discriminator(fused[batch_size:]), zeros)
+        loss = loss + cfg.adv_weight * adv_g
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
-            # --- D_LR update: HR-branch features of HR faces -> 0, of LR faces -> 1; fused LR features -> 1
-            discriminator.requires_grad_(True)
-            d_in = torch.cat([f_hr.detach(), fused[batch_size:].detach()])
-            d_logits = discriminator(d_in)
-            loss_d = (F.binary_cross_entropy_with_logits(d_logits[:batch_size], zeros)
-                      + 0.5 * F.binary_cross_entropy_with_logits(d_logits[batch_size:2 * batch_size], ones)
-                      + 0.5 * F.binary_cross_entropy_with_logits(d_logits[2 * batch_size:], ones))
-            d_optimizer.zero_grad(set_to_none=True)
-            loss_d.backward()
-            d_optimizer.step()
-            step += 1
+        # --- D_LR update: HR-branch features of HR faces -> 0, of LR faces -> 1; fused LR features -> 1
+        discriminator.requires_grad_(True)
+        d_in = torch.cat([f_hr.detach(), fused[batch_size:].detach()])
+        d_logits = discriminator(d_in)
+        loss_d = (F.binary_cross_entropy_with_logits(d_logits[:batch_size], zeros)
+                  + 0.5 * F.binary_cross_entropy_with_logits(d_logits[batch_size:2 * batch_size], ones)
+                  + 0.5 * F.binary_cross_entropy_with_logits(d_logits[2 * batch_size:], ones))
+        d_optimizer.zero_grad(set_to_none=True)
+        loss_d.backward()
+        d_optimizer.step()
+        return ({"epoch": epoch, "lr": f"{lr_now:.6g}", "feat_applied": int(applied),
+                 "feature_updates": feature_updates, "bicubic_frac": f"{len(bicubic) / batch_size:.3f}"},
+                {"loss": loss, "cls_hr": cls_hr, "cls_lr": cls_lr, "acc_hr": acc_hr, "acc_lr": acc_lr,
+                 "feat_dist": feat_dist, "adv_g": adv_g, "loss_d": loss_d, "w_hr": w[:batch_size].mean(),
+                 "w_lr": w[batch_size:].mean(), "w_mean": w.mean()})
 
-            # --- bookkeeping
-            elapsed = time.time() - start
-            metrics.add({"step": step, "epoch": epoch, "time": f"{elapsed_before + elapsed:.2f}", "lr": f"{lr_now:.6g}",
-                         "feat_applied": int(applied), "feature_updates": feature_updates,
-                         "bicubic_frac": f"{len(bicubic) / batch_size:.3f}",
-                         "images_per_s": f"{(step - start_step) * 2 * batch_size / max(elapsed, 1e-9):.1f}"},
-                        {"loss": loss, "cls_hr": cls_hr, "cls_lr": cls_lr, "acc_hr": acc_hr, "acc_lr": acc_lr,
-                         "feat_dist": feat_dist, "adv_g": adv_g, "loss_d": loss_d, "w_hr": w[:batch_size].mean(),
-                         "w_lr": w[batch_size:].mean(), "w_mean": w.mean()})
-            stop_reason = control.end_step(
-                step, stop_at=stop_at, total_steps=total_steps, start_step=start_step, log_every=cfg.log_every,
-                elapsed=elapsed, report=lambda last: (
-                    f"lr {lr_now:.4g} loss {last['loss']:.4f} acc_hr {last['acc_hr']:.3f} acc_lr {last['acc_lr']:.3f} "
-                    f"W_hr {last['w_hr']:.3f} W_lr {last['w_lr']:.3f} feat {last['feat_dist']:.4f} "
-                    f"loss_d {last['loss_d']:.3f}"))
-            if stop_reason:
-                break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    return control.end_run("train-ran", stop_reason, step, f" ({feature_updates} with feature supervision); "
-                                                            f"{out / 'last.pt'}, {out / FIG3_NAME}")
+    return fit(train_step, prog="train-ran", step=step, stop_at=stop_at, total_steps=total_steps,
+               log_every=cfg.log_every, metrics=metrics, desc="ran", max_minutes=args.max_minutes,
+               save_every_minutes=cfg.save_every_minutes, checkpoint=checkpoint,
+               report=lambda last: (
+                   f"lr {lr_now:.4g} loss {last['loss']:.4f} acc_hr {last['acc_hr']:.3f} acc_lr {last['acc_lr']:.3f} "
+                   f"W_hr {last['w_hr']:.3f} W_lr {last['w_lr']:.3f} feat {last['feat_dist']:.4f} "
+                   f"loss_d {last['loss_d']:.3f}"),
+               outputs=lambda step: f" ({feature_updates} with feature supervision); {out / 'last.pt'}, "
+                                    f"{out / FIG3_NAME}",
+               start=start, elapsed_before=elapsed_before, images_per_step=2 * batch_size)
 
 
 if __name__ == "__main__":
