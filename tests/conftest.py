@@ -75,25 +75,13 @@ def server(request, tmp_path_factory, mrgan_path, embedder_path):
     - `prepare_server(tmp)`: writes the module's inputs (under `tmp / "data"`, the data root) before the start.
     Yields the `Server`, with `.tmp`, `.env` (its environment), `.redis` (a client of the test Redis, or None) and `.prefix` set.
     """
-    from service_helpers import TEST_REDIS_URL, forget_namespace, redis_or_skip, serve, service_env, unique_namespace
+    from service_helpers import served
 
     module = request.module
     tmp = tmp_path_factory.mktemp(module.__name__.rpartition(".")[2].removeprefix("test_"))
-    overrides = dict(getattr(module, "SERVER_ENV", {}))
-    client = prefix = queue = None
-    if getattr(module, "SERVER_ON_TEST_REDIS", True):
-        client = redis_or_skip()
-        prefix, queue = unique_namespace()
-        overrides.update(LRFACE_BROKER_URL=TEST_REDIS_URL, LRFACE_KEY_PREFIX=prefix, LRFACE_QUEUE=queue)
-    env = service_env(tmp, mrgan_path, embedder_path, **overrides)
     prepare = getattr(module, "prepare_server", None)
     if prepare is not None:
         prepare(tmp)
-    srv = serve(env, tmp)
-    srv.tmp, srv.env, srv.redis, srv.prefix = tmp, env, client, prefix
-    try:
+    with served(tmp, mrgan_path, embedder_path, on_test_redis=getattr(module, "SERVER_ON_TEST_REDIS", True),
+                **getattr(module, "SERVER_ENV", {})) as srv:
         yield srv
-    finally:
-        srv.stop()
-        if client is not None:
-            forget_namespace(client, prefix, queue)

@@ -175,21 +175,30 @@ def serve(env: dict[str, str], tmp: Path, *args: str, new_session: bool = False)
 
 
 @contextlib.contextmanager
-def served_on_test_redis(tmp: Path, mrgan_path: Path, embedder_path: Path, *args: str, **overrides):
-    """`lrface serve` with settings of one test's own (`overrides`, CLI `args`) on the test Redis under a
-    namespace of its own (removed afterwards), for tests that need a server configured differently from their
-    module's `server` fixture (conftest.py). Yields the Server, with `.tmp` set."""
-    client = redis_or_skip()
-    prefix, queue = unique_namespace()
-    env = service_env(tmp, mrgan_path, embedder_path, LRFACE_BROKER_URL=TEST_REDIS_URL, LRFACE_KEY_PREFIX=prefix,
-                      LRFACE_QUEUE=queue, **overrides)
+def served(tmp: Path, mrgan_path: Path, embedder_path: Path, *args: str, on_test_redis: bool = True, **overrides):
+    """`lrface serve` with `overrides` (LRFACE_* settings) and CLI `args`: on the test Redis under a namespace of
+    its own (removed afterwards; skipped without that Redis), or with `on_test_redis=False` on the embedded
+    broker. Yields the Server, with `.tmp`, `.env`, `.redis` (a client of the test Redis, or None) and `.prefix`."""
+    client = prefix = queue = None
+    if on_test_redis:
+        client = redis_or_skip()
+        prefix, queue = unique_namespace()
+        overrides.update(LRFACE_BROKER_URL=TEST_REDIS_URL, LRFACE_KEY_PREFIX=prefix, LRFACE_QUEUE=queue)
+    env = service_env(tmp, mrgan_path, embedder_path, **overrides)
     srv = serve(env, tmp, *args)
-    srv.tmp = tmp
+    srv.tmp, srv.env, srv.redis, srv.prefix = tmp, env, client, prefix
     try:
         yield srv
     finally:
         srv.stop()
-        forget_namespace(client, prefix, queue)
+        if client is not None:
+            forget_namespace(client, prefix, queue)
+
+
+def served_on_test_redis(tmp: Path, mrgan_path: Path, embedder_path: Path, *args: str, **overrides):
+    """`served` on the test Redis: for tests that need a server configured differently from their module's
+    `server` fixture (conftest.py)."""
+    return served(tmp, mrgan_path, embedder_path, *args, **overrides)
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> Process:
