@@ -167,3 +167,142 @@ def test_flip_average_export_is_the_mean_of_face_and_mirror(tmp_path):
     for n in (1, 3):  # the mirror batch follows the dynamic batch size
         (emb,) = session.run(None, {"face": x[:n].numpy()})
         np.testing.assert_allclose(emb, expected[:n], atol=1e-4)
+
+
+def test_lr_view_is_the_core_resize_path_inside_the_graph():
+    """LRView's two matrices do what `to_canvas(to_lr_size(face, h))` does, up to the core's 8-bit rounding."""
+    from lrface.core.face import read_image, to_canvas, to_lr_size
+
+    face = to_canvas(read_image(sorted(HR_DIR.rglob("*.jpg"))[0]))
+    for height in (18, 32, 56):
+        v_h, v_w = train_adapt.lr_view_matrices(height)
+        np.testing.assert_allclose(v_h.sum(1), 1.0, atol=1e-5)  # a flat image stays flat
+        got = np.clip(np.einsum("ij,jkc,lk->ilc", v_h, face.astype(np.float32), v_w), 0, 255)
+        ref = to_canvas(to_lr_size(face, height)).astype(np.float32)
+        assert np.abs(got - ref).mean() < 1.0 and np.abs(got - ref).max() < 8.0
+
+
+def test_lr_view_and_gate_floor_export(tmp_path):
+    import dataclasses
+
+    from lrface.training.train_embedder import export_embedding_module
+
+    cfg = dataclasses.replace(train_adapt.AdaptConfig(), flip_average=True, lr_view_height=32, lr_view_weight=0.35,
+                              gate_floor=0.3)
+    net = train_adapt.build_embedder(cfg)
+    assert isinstance(net, train_adapt.LRView) and isinstance(net.net, train_adapt.FlipAverage)
+    gate = next(m for m in net.modules() if isinstance(m, train_adapt.CentredGate))
+    assert gate.w_floor == 0.3
+    x = torch.from_numpy(np.random.default_rng(3).uniform(-1, 1, (2, 3, 112, 96)).astype(np.float32))
+    unit = torch.nn.functional.normalize
+    with torch.inference_mode():
+        expected = unit(unit(net.net(x), dim=1) + 0.35 * unit(net.net(net.view(x)), dim=1), dim=1).numpy()
+        # the floor: W at or below it is 0, W = 1 stays 1, in between it is stretched
+        gate.discriminator.net[-1].bias.fill_(-50.0)
+        assert float(gate(torch.zeros(1, 128), torch.ones(1, 128))["w"].max()) == 0.0
+        gate.discriminator.net[-1].bias.fill_(50.0)
+        assert float(gate(torch.zeros(1, 128), torch.ones(1, 128))["w"].min()) == pytest.approx(1.0)
+        gate.discriminator.net[-1].bias.fill_(0.0)
+    path = export_embedding_module(train_adapt.build_embedder(cfg), 128, tmp_path / "view.onnx", "view-test", 0.5)
+    (emb,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"face": x.numpy()})
+    np.testing.assert_allclose(emb, expected, atol=1e-4)
+
+
+def test_reexport_reads_the_weights_back_from_a_checkpoint_or_an_onnx_file(bundle, tmp_path):
+    root, _ = bundle
+    out = tmp_path / "run"
+    assert train_adapt.main(["--data", str(root / "data"), "--out", str(out), "--threads", "1", "--batch-size", "4",
+                             "--steps", "1"]) == 0
+    first = tmp_path / "first.onnx"
+    train_adapt.export_onnx(load_checkpoint(out / "last.pt", "adapt"), first)
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 3, 112, 96)).astype(np.float32)
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"face": x})[0]
+
+    # the same config from the ONNX file: the same function
+    again = tmp_path / "again.onnx"
+    assert train_adapt.main(["--reexport", str(first), "--config", "adapt_full", "--out", str(again)]) == 0
+    np.testing.assert_allclose(run(again), run(first), atol=1e-6)
+    # other export options, from the ONNX file and from the checkpoint: one result, a new model_id
+    view_onnx, view_ckpt = tmp_path / "view_onnx.onnx", tmp_path / "view_ckpt.onnx"
+    for src, dst in ((first, view_onnx), (out / "last.pt", view_ckpt)):
+        assert train_adapt.main(["--reexport", str(src), "--config", "adapt_handmade_6k_lrview", "--out", str(dst)]) == 0
+    np.testing.assert_allclose(run(view_onnx), run(view_ckpt), atol=1e-5)
+    assert not np.allclose(run(view_onnx), run(first), atol=1e-3)
+    assert json.loads(view_onnx.with_suffix(".json").read_text())["model_id"] == "adapt_handmade_6k_lrview-dlib_resnet-step1"
+    # clear refusals: another architecture, a file that is not an adapt embedder, no .onnx output
+    with pytest.raises(SystemExit, match="differs from the weights' config adapt_full in gate"):
+        train_adapt.main(["--reexport", str(first), "--config", "adapt_lr_bicubic", "--out", str(tmp_path / "x.onnx")])
+    other = tmp_path / "other.onnx"
+    shutil.copy(first, other)
+    other.with_suffix(".json").write_text(json.dumps({"model_id": "ran_base-mbf_fast-step3", "dim": 128}))
+    with pytest.raises(SystemExit, match="not an adapt embedder"):
+        train_adapt.main(["--reexport", str(other), "--config", "adapt_full", "--out", str(tmp_path / "y.onnx")])
+    with pytest.raises(SystemExit):
+        train_adapt.main(["--reexport", str(first), "--config", "adapt_full", "--out", str(tmp_path / "z.pt")])
+
+
+def test_view_grid_scores_what_the_reexport_computes(bundle, tmp_path):
+    """lrface.training.view_grid's embedding for a grid point equals the file `--reexport` writes for it."""
+    from lrface.core.face import read_image, to_model_input
+    from lrface.training import view_grid
+
+    root, _ = bundle
+    out = tmp_path / "run"
+    assert train_adapt.main(["--data", str(root / "data"), "--out", str(out), "--threads", "1", "--batch-size", "4",
+                             "--steps", "1"]) == 0
+    plain, view = tmp_path / "plain.onnx", tmp_path / "view.onnx"
+    for config, dst in (("adapt_handmade_flip_6k", plain), ("adapt_handmade_6k_lrview", view)):
+        assert train_adapt.main(["--reexport", str(out / "last.pt"), "--config", config, "--out", str(dst)]) == 0
+    dev = tmp_path / "dev"
+    rows = ["stem,identity,lr_height,lr_width"]
+    for hr in sorted(HR_DIR.rglob("*.jpg")):
+        stem = f"{hr.parent.name}/{hr.stem}"
+        for sub, src in (("hr", hr), ("lr", LR_DIR / f"{stem}.png")):
+            (dev / sub / hr.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dev / sub / f"{stem}{src.suffix}")
+        rows.append(f"{stem},{hr.parent.name},0,0")
+    (dev / "images.csv").write_text("\n".join(rows) + "\n")
+    grid = tmp_path / "grid.json"
+    assert view_grid.main(["--model", str(plain), "--data", str(dev), "--weights", "0", "0.35", "--floors", "0",
+                           "0.3", "--threads", "1", "--out", str(grid)]) == 0
+    assert len(json.loads(grid.read_text())["grid"]) == 4
+
+    ckpt = train_adapt.adapt_checkpoint_from_onnx(plain)
+    net = train_adapt.build_embedder(train_adapt.AdaptConfig(**ckpt["config"]), ckpt["lr_branch"], ckpt["gate"])
+    model = next(m for m in net.modules() if isinstance(m, train_adapt.ModelMR))
+    center = next(m for m in net.modules() if isinstance(m, train_adapt.Centred)).center.numpy()
+    paths = sorted((dev / "lr").rglob("*.png"))
+    parts = view_grid.parts(model, train_adapt.LRView(torch.nn.Identity(), 32, 0.0).view, paths)
+    x = to_model_input([read_image(p) for p in paths])
+    (emb,) = ort.InferenceSession(str(view), providers=["CPUExecutionProvider"]).run(None, {"face": x})
+    np.testing.assert_allclose(view_grid.embedding(parts, center, 0.35, 0.3), emb, atol=1e-4)
+    with pytest.raises(SystemExit, match="without an LR view"):
+        view_grid.main(["--model", str(view), "--data", str(dev)])
+
+
+def test_init_from_fine_tunes_an_exported_embedder(bundle, tmp_path):
+    """--init-from starts Model_LR and the gate from an export (or a checkpoint); a resume keeps the run's own."""
+    root, _ = bundle
+    base = tmp_path / "base"
+    args = ["--data", str(root / "data"), "--threads", "1", "--batch-size", "4"]
+    assert train_adapt.main(args + ["--out", str(base), "--steps", "1"]) == 0
+    exported = tmp_path / "base.onnx"
+    train_adapt.export_onnx(load_checkpoint(base / "last.pt", "adapt"), exported)
+    start = train_adapt.adapt_checkpoint_from_onnx(exported)
+    tuned = tmp_path / "tuned"
+    assert train_adapt.main(args + ["--out", str(tuned), "--steps", "0", "--init-from", str(exported)]) == 0
+    ckpt = load_checkpoint(tuned / "last.pt", "adapt")
+    assert str(exported) in ckpt["init_from"] and str(exported) in json.loads((tuned / "run.json").read_text())["init_from"]
+    for part in ("lr_branch", "gate"):  # the export's weights, not the teacher's
+        for k, v in start[part].items():
+            torch.testing.assert_close(ckpt[part][k], v, msg=f"{part}.{k}")
+    # a resume trains on from the run's own weights (--init-from does not apply again)
+    assert train_adapt.main(args + ["--out", str(tuned), "--steps", "1", "--resume", "--init-from", str(exported)]) == 0
+    ckpt = load_checkpoint(tuned / "last.pt", "adapt")
+    assert ckpt["step"] == 1 and str(exported) in ckpt["init_from"]
+    assert not torch.equal(ckpt["lr_branch"]["resnet.stem.weight"], start["lr_branch"]["resnet.stem.weight"])
+    with pytest.raises(SystemExit, match="--init-from .*differs from the weights' config"):
+        train_adapt.main(args + ["--out", str(tmp_path / "x"), "--config", "adapt_lr_bicubic", "--steps", "1",
+                                 "--init-from", str(exported)])

@@ -20,7 +20,7 @@
 # The defaults are the recipe of the shipped embedder on a 2-core CPU (one run per core); on a GPU raise the
 # epochs and use EMB_CONFIG=embedder_base (or embedder_iresnet50).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 HR=${HR:-../shared/data/hr-train}
 LR=${LR:-../shared/data/lr-train}
 RUNS=${RUNS:-runs}

@@ -8,8 +8,9 @@
 #   data       the training bundle: HR sources, their MR-GAN / bicubic / hand-made LR versions, the real LR captures
 #              of lr-train with their identities, and the frozen teacher's embeddings of all of them
 #              (python -m lrface.training.adapt_data)
-#   train      the shipped embedder (config adapt_handmade_flip_6k: 6,000 updates, mirror-averaged export;
-#              STEPS does not apply)
+#   train      the shipped embedder's weights (config adapt_handmade_flip_6k: 6,000 updates, mirror-averaged export;
+#              STEPS does not apply); the export stage writes them with the shipped export options too
+#              (adapt_handmade_6k_lrview: + an LR view at 32 px and a gate floor; train-adapt --reexport)
 #   ablations  the other rows, same budget (STEPS updates of 32 sources + 8 real captures), two runs at a time
 #   export     every run -> $RUNS/onnx/<config>.onnx, plus dlib alone through the chip warp ($RUNS/onnx/dlib.onnx)
 #   eval       lrface eval of every ONNX file on the dev split -> $RUNS/eval/metrics_<name>.json
@@ -19,7 +20,7 @@
 #   DEVICE [cpu]  MRGAN_ONNX [lrface/models/weights/mrgan.onnx]
 # On a GPU: DEVICE=cuda (the runs then go one after the other), and raise STEPS for a longer run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 HR=${HR:-../shared/data/hr-train}
 UNLABELED=${UNLABELED:-../shared/data/unlabeled-hr}
 REAL_LR=${REAL_LR:-../shared/data/lr-train}
@@ -28,7 +29,7 @@ RUNS=${RUNS:-runs}
 STEPS=${STEPS:-1000}
 THREADS=${THREADS:-1}
 DEVICE=${DEVICE:-cpu}
-MRGAN_ONNX=${MRGAN_ONNX:-models/weights/mrgan.onnx}
+MRGAN_ONNX=${MRGAN_ONNX:-lrface/models/weights/mrgan.onnx}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RUNS/logs" "$RUNS/onnx" "$RUNS/eval"
@@ -64,7 +65,11 @@ for stage in "$@"; do
       $PY -m lrface.training.train_adapt --export-teacher "$RUNS/onnx/dlib_centred.onnx" --data "$RUNS/adapt-data"
       for c in adapt_handmade_flip_6k $ABLATIONS; do
         [ -f "$RUNS/$c/last.pt" ] && $PY -m lrface.training.export "$RUNS/$c/last.pt" "$RUNS/onnx/$c.onnx"
-      done ;;
+      done
+      if [ -f "$RUNS/adapt_handmade_flip_6k/last.pt" ]; then  # the shipped file (lrface/models/weights/embedder.onnx)
+        $PY -m lrface.training.train_adapt --reexport "$RUNS/adapt_handmade_flip_6k/last.pt" \
+          --config adapt_handmade_6k_lrview --out "$RUNS/onnx/adapt_handmade_6k_lrview.onnx"
+      fi ;;
     eval)
       for f in "$RUNS"/onnx/dlib.onnx "$RUNS"/onnx/dlib_centred.onnx "$RUNS"/onnx/adapt_*.onnx; do
         [ -f "$f" ] && $PY -m lrface.service.cli eval --data "$DEV" --model "$f" --out "$RUNS/eval" --name "$(basename "$f" .onnx)"

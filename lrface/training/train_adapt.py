@@ -3,6 +3,7 @@
     lrface train-adapt --data runs/adapt-data --out runs/adapt_full [--config adapt_full] [--steps N]
         [--max-minutes M] [--threads T] [--resume]
     lrface train-adapt --export-teacher lrface/models/weights/dlib.onnx      # dlib alone, as an embedder (comparison)
+    lrface train-adapt --reexport SRC --config NAME --out M.onnx    # SRC's weights (last.pt or .onnx), NAME's export options
 
 `--data` is the bundle of `lrface.training.adapt_data` (HR sources, one LR version of each kind per source, and the
 frozen teacher's embeddings of all of them, computed once). Model_MR is lrface.models.ran.ModelMR with
@@ -45,7 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
 from lrface.models.dlib_resnet import DlibFaceModel, count_macs
 from lrface.models.ran import ModelMR, TranslationGate
 from lrface.training.adapt_data import LR_KINDS, load as load_bundle
@@ -81,8 +84,12 @@ class CentredGate(TranslationGate):
         torch.nn.init.zeros_(last.weight)
         torch.nn.init.zeros_(last.bias)
 
+    w_floor = 0.0  # export option (`gate_floor`): W at or below it counts as an HR face, W = (W - floor) / (1 - floor)
+
     def forward(self, f_hr: torch.Tensor, f_lr: torch.Tensor) -> dict[str, torch.Tensor]:
         w = torch.sigmoid(self.discriminator(f_hr - self.center))
+        if self.w_floor > 0:
+            w = ((w - self.w_floor) / (1 - self.w_floor)).clamp_min(0)
         translated = f_lr + self.translator_scale * self.translator.mlp(f_lr - self.center)
         return {"w": w, "fused": f_hr + w * (translated - f_hr)}
 
@@ -114,6 +121,45 @@ class FlipAverage(torch.nn.Module):
         return both.reshape(2, -1, both.shape[1]).sum(0)
 
 
+def resize_matrix(src: int, dst: int) -> np.ndarray:
+    """The linear map (dst x src) of the inference core's resize (`lrface.core.face.resize_rgb`: Pillow's
+    antialiased bicubic) along one axis, read off Pillow itself by resizing the identity as a float image."""
+    eye = Image.fromarray(np.eye(src, dtype=np.float32), "F")
+    return np.asarray(eye.resize((src, dst), Image.BICUBIC), dtype=np.float32)
+
+
+def lr_view_matrices(height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(V_h, V_w): the canvas brought to a `height`-pixel capture and back, `V_h @ x @ V_w.T`, as
+    `lrface.core.face.to_canvas(to_lr_size(x, height))` does (up to its rounding to 8 bits)."""
+    width = lr_width_for_height(height)
+    v_h = resize_matrix(height, FACE_HEIGHT) @ resize_matrix(FACE_HEIGHT, height)
+    v_w = resize_matrix(width, FACE_WIDTH) @ resize_matrix(FACE_WIDTH, width)
+    return v_h, v_w
+
+
+class LRView(torch.nn.Module):
+    """Test-time LR view: the embedding of a face plus `weight` x the embedding of the same face seen as a
+    `height`-pixel capture (downsampled and brought back to the canvas, inside the graph), both unit length and
+    computed as one batch of 2N. A sharp photo then also carries the features that a capture of it would get,
+    which is where Model_LR puts real captures (the gallery-at-probe-resolution idea); a capture changes
+    little when it is seen at its own resolution again. Twice the cost a face."""
+
+    def __init__(self, net: torch.nn.Module, height: int, weight: float):
+        super().__init__()
+        self.net, self.height, self.weight = net, int(height), float(weight)
+        v_h, v_w = lr_view_matrices(self.height)
+        self.register_buffer("view_h", torch.from_numpy(v_h))
+        self.register_buffer("view_w_t", torch.from_numpy(np.ascontiguousarray(v_w.T)))
+
+    def view(self, face: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(torch.matmul(self.view_h, face), self.view_w_t).clamp(-1, 1)
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        both = F.normalize(self.net(torch.cat([face, self.view(face)])), dim=1)
+        both = both.reshape(2, -1, both.shape[1])
+        return both[0] + self.weight * both[1]
+
+
 class LRBranchOnly(torch.nn.Module):
     """The embedding of the no-gate experiments: Model_LR's feature alone."""
 
@@ -138,6 +184,7 @@ def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: d
     gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
     if gate_state is not None:
         gate.load_state_dict(gate_state)
+    gate.w_floor = float(cfg.gate_floor)
     if cfg.gate:
         model = ModelMR(branch(), lr_branch, DIM, cfg.translator_hidden, cfg.discriminator_hidden)
         model.gate = gate
@@ -146,7 +193,11 @@ def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: d
     out = Centred(model)
     with torch.no_grad():
         out.center.copy_(gate.center * cfg.output_center)
-    return (FlipAverage(out) if cfg.flip_average else out).eval()
+    if cfg.flip_average:
+        out = FlipAverage(out)
+    if cfg.lr_view_height:
+        out = LRView(out, cfg.lr_view_height, cfg.lr_view_weight)
+    return out.eval()
 
 
 def export_onnx(ckpt: dict, out_path) -> Path:
@@ -157,6 +208,64 @@ def export_onnx(ckpt: dict, out_path) -> Path:
     net = build_embedder(cfg, ckpt["lr_branch"], ckpt.get("gate"))
     model_id = f"{cfg.name}-dlib_resnet-step{ckpt['step']}"
     return export_embedding_module(net, DIM, out_path, model_id, cfg.verify_threshold)
+
+
+# the fields a re-export may change: what happens after the trained networks (test-time views, the gate's floor,
+# centring) and the names; every other field must match the weights' own config
+EXPORT_FIELDS = {"name", "flip_average", "lr_view_height", "lr_view_weight", "gate_floor", "output_center",
+                 "verify_threshold"}
+ARCHITECTURE_FIELDS = ("gate", "translator_hidden", "translator_scale", "discriminator_hidden")
+
+
+def adapt_checkpoint_from_onnx(path) -> dict:
+    """The `adapt` checkpoint fields an exported embedder carries (config, step, Model_LR's and the gate's
+    weights), read back from the graph's initializers (`lrface.training.onnx_weights`): its sidecar's model_id
+    `<config>-dlib_resnet-step<N>` names the config that built it."""
+    import re
+
+    from lrface.training.onnx_weights import load_onnx_weights
+    from lrface.training.train_embedder import NormalisedEmbedding
+
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    model_id = json.loads(sidecar.read_text()).get("model_id", "") if sidecar.is_file() else ""
+    m = re.fullmatch(r"(adapt_[a-z0-9_]+?)-dlib_resnet-step(\d+)", str(model_id))
+    if m is None:
+        raise ValueError(f"{path}: not an adapt embedder (its sidecar's model_id is {model_id!r}, expected "
+                         "<adapt config>-dlib_resnet-step<N>)")
+    cfg = load_typed_config(m[1], AdaptConfig, "train-adapt", "an")
+    net = NormalisedEmbedding(build_embedder(cfg, pretrained=False))
+    missing = load_onnx_weights(net, path)
+    model = next((mod for mod in net.modules() if isinstance(mod, (ModelMR, LRBranchOnly))), None)
+    if model is None or not isinstance(model, ModelMR) or [k for k in missing if ".lr_branch." in k or ".gate." in k]:
+        raise ValueError(f"{path}: only a gated adapt embedder's weights can be read back (missing: {missing[:5]})")
+    return {"kind": "adapt", "config": dataclasses.asdict(cfg), "step": int(m[2]),
+            "lr_branch": model.lr_branch.state_dict(), "gate": model.gate.state_dict()}
+
+
+def reexport(src, config: str, out_path) -> Path:
+    """The weights of `src` (an adapt checkpoint, or an adapt embedder's ONNX file) exported with the export
+    options of `config` (EXPORT_FIELDS); its other fields must match the weights' config."""
+    new = load_typed_config(config, AdaptConfig, "train-adapt", "an")
+    ckpt = load_adapt_weights(src, new)
+    return export_onnx({**ckpt, "config": dataclasses.asdict(new)}, out_path)
+
+
+def load_adapt_weights(src, cfg: AdaptConfig) -> dict:
+    """config, step, Model_LR's and the gate's weights of `src` (an adapt checkpoint, or an adapt embedder's ONNX
+    file); ValueError unless its architecture (ARCHITECTURE_FIELDS) is `cfg`'s."""
+    src = Path(src)
+    if src.suffix == ".onnx":
+        ckpt = adapt_checkpoint_from_onnx(src)
+    else:
+        ckpt = torch.load(src, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("kind") != "adapt":
+            raise ValueError(f"{src}: not an adapt checkpoint")
+    old = AdaptConfig(**ckpt["config"])
+    differ = [f for f in ARCHITECTURE_FIELDS if getattr(old, f) != getattr(cfg, f)]
+    if differ:
+        raise ValueError(f"config {cfg.name} differs from the weights' config {old.name} in {', '.join(differ)}")
+    return ckpt
 
 
 def export_teacher(out_path, center: np.ndarray | None = None) -> Path:
@@ -256,11 +365,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when available")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
+    p.add_argument("--init-from", metavar="SRC", help="fine-tune: start Model_LR and the gate from SRC (an adapt "
+                   "last.pt, or an adapt embedder's .onnx such as the shipped lrface/models/weights/embedder.onnx) "
+                   "instead of the teacher; margin heads and optimisers start fresh, no D_LR warm-up")
+    p.add_argument("--reexport", metavar="SRC", help="only export: the weights of SRC (an adapt last.pt, or an adapt "
+                   "embedder's .onnx) with --config's export options (mirror, LR view, gate floor, threshold) to "
+                   "--out (an .onnx path)")
     p.add_argument("--export-teacher", metavar="OUT.onnx", help="only export dlib's ResNet (+ warp) as an embedder; "
                    "with --data, centred on the bundle's mean teacher descriptor")
     args = p.parse_args(argv)
-    if not args.export_teacher and not (args.data and args.out):
-        p.error("--data and --out are required (or --export-teacher OUT.onnx)")
+    if args.reexport and not (args.out and args.out.endswith(".onnx")):
+        p.error("--reexport needs --out OUT.onnx")
+    if not args.export_teacher and not args.reexport and not (args.data and args.out):
+        p.error("--data and --out are required (or --export-teacher OUT.onnx, or --reexport SRC --out OUT.onnx)")
     return args
 
 
@@ -268,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.reexport:
+        try:
+            print(f"train-adapt: wrote {reexport(args.reexport, args.config, args.out)}")
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"train-adapt: {e}")
+        return 0
     if args.export_teacher:
         center = None
         if args.data:  # centred on the bundle's mean teacher descriptor (the sources the adapted models use)
@@ -309,6 +432,17 @@ def main(argv: list[str] | None = None) -> int:
         feats = F.normalize(torch.from_numpy(np.array(t_hr[labelled])) - gate.center, dim=1)
         centres = torch.zeros(len(identities), DIM).index_add_(0, torch.from_numpy(labels_all[labelled]), feats)
         head.weight.copy_(F.normalize(centres, dim=1))
+    init_from = None
+    if args.init_from and not ckpt:  # a resumed run keeps its own weights
+        try:
+            start_weights = load_adapt_weights(args.init_from, cfg)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"train-adapt: --init-from {e}")
+        lr_branch.load_state_dict(start_weights["lr_branch"])
+        gate.load_state_dict(start_weights["gate"])  # with its own centre: its D_LR was trained on it
+        init_from = f"{args.init_from} (step {start_weights['step']} of {start_weights['config']['name']})"
+    elif ckpt:
+        init_from = ckpt.get("init_from")
     real = None
     if cfg.real_per_batch > 0:
         if "real_lr" not in data:
@@ -352,13 +486,14 @@ def main(argv: list[str] | None = None) -> int:
           f"'{'+'.join(kinds)}', gate {'on' if cfg.gate else 'off'}, feature weight {cfg.feature_weight}, "
           f"batch {batch} ({n_hr} HR), {cfg.steps} steps; Model_LR {count_macs() / 1e6:.0f} M multiply-adds a face; "
           + (f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device))
-          + (f"; resumed at step {step}" if ckpt else ""), flush=True)
+          + (f"; resumed at step {step}" if ckpt else "")
+          + (f"; Model_LR and gate from {init_from}" if init_from else ""), flush=True)
 
     start = time.time()
     run_info = {"config": dataclasses.asdict(cfg), "device": str(device), "threads": torch.get_num_threads(),
                 "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                "torch": str(torch.__version__)}
+                "torch": str(torch.__version__), "init_from": init_from}
 
     def checkpoint(step: int) -> None:
         elapsed = elapsed_before + time.time() - start
@@ -366,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             "kind": "adapt", "config": dataclasses.asdict(cfg), "lr_branch": lr_branch.state_dict(),
             "gate": gate.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
             "d_optimizer": d_optimizer.state_dict(), "step": step, "elapsed": elapsed,
-            "identities": identities, "torch_version": str(torch.__version__)})
+            "identities": identities, "torch_version": str(torch.__version__), "init_from": init_from})
         (out / "run.json").write_text(json.dumps({**run_info, "step": step, "wall_seconds": round(elapsed, 1)},
                                                  indent=2) + "\n")
 
@@ -382,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
-    if cfg.gate and step == 0 and cfg.d_warmup_steps:
+    if cfg.gate and step == 0 and cfg.d_warmup_steps and not init_from:
         warm_up_discriminator(gate, pool, t_hr, lr_sets, cfg, device)
     lr_now = 0.0  # of the latest update, for metrics.csv
 

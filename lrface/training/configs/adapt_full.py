@@ -45,6 +45,13 @@ class AdaptConfig:
     # exported embedding: the mean of the (unit) embeddings of the face and of its mirror image (both in one
     # batch through the network; twice the cost a face)
     flip_average: bool = False
+    # exported embedding: + lr_view_weight x the (unit) embedding of the face seen as an lr_view_height-pixel
+    # capture (train_adapt.LRView, in the graph; twice the cost a face); 0 = off
+    lr_view_height: int = 0
+    lr_view_weight: float = 0.0
+    # exported embedding: the gate's W at or below gate_floor counts as an HR face (W -> (W - floor) / (1 - floor));
+    # 0 = off. Training never applies it
+    gate_floor: float = 0.0
     output_center: float = 1.0  # exported embedding: feature - output_center x the teacher's mean descriptor
     translator_hidden: int = 256
     translator_scale: float = 0.1  # the translator's output in dlib's units (one entry of a descriptor spreads ~0.1)
