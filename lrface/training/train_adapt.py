@@ -210,10 +210,8 @@ def export_onnx(ckpt: dict, out_path) -> Path:
     return export_embedding_module(net, DIM, out_path, model_id, cfg.verify_threshold)
 
 
-# the fields a re-export may change: what happens after the trained networks (test-time views, the gate's floor,
-# centring) and the names; every other field must match the weights' own config
-EXPORT_FIELDS = {"name", "flip_average", "lr_view_height", "lr_view_weight", "gate_floor", "output_center",
-                 "verify_threshold"}
+# the fields that shape the trained networks: weights move between configs (--reexport, --init-from) only where
+# these agree; every other field (training recipe, export options such as the views, the floor, the threshold) may differ
 ARCHITECTURE_FIELDS = ("gate", "translator_hidden", "translator_scale", "discriminator_hidden")
 
 
@@ -245,7 +243,8 @@ def adapt_checkpoint_from_onnx(path) -> dict:
 
 def reexport(src, config: str, out_path) -> Path:
     """The weights of `src` (an adapt checkpoint, or an adapt embedder's ONNX file) exported with the export
-    options of `config` (EXPORT_FIELDS); its other fields must match the weights' config."""
+    options of `config` (mirror, LR view, gate floor, centring, threshold); its ARCHITECTURE_FIELDS must match the
+    weights' config."""
     new = load_typed_config(config, AdaptConfig, "train-adapt", "an")
     ckpt = load_adapt_weights(src, new)
     return export_onnx({**ckpt, "config": dataclasses.asdict(new)}, out_path)

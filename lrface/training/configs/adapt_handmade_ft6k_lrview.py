@@ -1,4 +1,5 @@
-"""The shipped weights trained on: `adapt_handmade_6k_lrview`'s Model_LR and gate fine-tuned for 6,000 more
+"""An experiment (not shipped: it scored lower on dev, see the model card's table): the shipped weights trained on,
+`adapt_handmade_6k_lrview`'s Model_LR and gate fine-tuned for 6,000 more
 updates (a second cosine cycle from lr 1e-4; margin heads and optimisers fresh, no D_LR warm-up), exported with the
 same test-time options (LR view 32 px at 0.35, gate floor 0.3, mirror averaging; not re-picked):
 
