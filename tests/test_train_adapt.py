@@ -268,6 +268,10 @@ def test_view_grid_scores_what_the_reexport_computes(bundle, tmp_path):
     assert view_grid.main(["--model", str(plain), "--data", str(dev), "--weights", "0", "0.35", "--floors", "0",
                            "0.3", "--threads", "1", "--out", str(grid)]) == 0
     assert len(json.loads(grid.read_text())["grid"]) == 4
+    half = tmp_path / "half.json"  # one half of the people (by CRC-32 parity): two of the three fixture people
+    assert view_grid.main(["--model", str(plain), "--data", str(dev), "--weights", "0", "--floors", "0",
+                           "--people", "odd", "--threads", "1", "--out", str(half)]) == 0
+    assert json.loads(half.read_text())["images"] == 4
 
     ckpt = train_adapt.adapt_checkpoint_from_onnx(plain)
     net = train_adapt.build_embedder(train_adapt.AdaptConfig(**ckpt["config"]), ckpt["lr_branch"], ckpt["gate"])

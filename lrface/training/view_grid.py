@@ -2,7 +2,7 @@
 on a dev-style folder for a grid of values, without exporting each one.
 
     python -m lrface.training.view_grid --model M.onnx --data ../shared/data/dev [--height 32]
-        [--weights 0 0.35 0.5] [--floors 0 0.1 0.2 0.3 0.5] [--out grid.json]
+        [--weights 0 0.35 0.5] [--floors 0 0.1 0.2 0.3 0.5] [--people all|even|odd] [--out grid.json]
 
 M.onnx is a gated adapt export with mirror averaging and no LR view (e.g. `adapt_handmade_flip_6k`); its weights
 are read back from the graph (`train_adapt.adapt_checkpoint_from_onnx`). The teacher's feature f_HR, the fused
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=32, help="LR view height in pixels (default 32)")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.35, 0.5])
     ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--people", choices=["all", "even", "odd"], default="all",
+                    help="only the identities whose CRC-32 is even / odd: pick on one half, check on the other")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", help="write the grid as JSON here")
     args = ap.parse_args(argv)
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     center = next(m for m in net.modules() if isinstance(m, Centred)).center.numpy()
     view = LRView(torch.nn.Identity(), args.height, 0.0).view
     _, identities, hr_paths, lr_paths = read_dev_folder(Path(args.data))
+    if args.people != "all":
+        keep = [i for i, who in enumerate(identities) if zlib.crc32(who.encode()) % 2 == (args.people == "odd")]
+        identities, hr_paths, lr_paths = ([seq[i] for i in keep] for seq in (identities, hr_paths, lr_paths))
     hr, lr = parts(model, view, hr_paths), parts(model, view, lr_paths)
     rows = []
     key = far_key(1e-3)
@@ -105,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {weight} | {floor} | {tar['hr_hr']} | {tar['hr_lr']} | {tar['lr_lr']} | {row['rank1']} |",
                   flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": args.model, "data": args.data, "grid": rows}, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({"model": args.model, "data": args.data, "people": args.people,
+                                              "images": len(identities), "grid": rows}, indent=2) + "\n")
     return 0
 
 
