@@ -103,13 +103,7 @@ def _adapt_embedder_from_model_id(model_id: str) -> nn.Module | None:
         from lrface.training.train_adapt import Centred
 
         return _embedding(Centred(DlibFaceModel()))
-    m = re.fullmatch(r"(adapt_[a-z0-9_]+?)-dlib_resnet-step\d+", model_id)
-    if m is None:
-        return None
-    try:
-        cfg = importlib.import_module(f"lrface.training.configs.{m[1]}").config
-    except ImportError:
-        return None
-    from lrface.training.train_adapt import build_embedder
+    from lrface.training.train_adapt import build_embedder, parse_model_id
 
-    return _embedding(build_embedder(cfg, pretrained=False))
+    parsed = parse_model_id(model_id)
+    return None if parsed is None else _embedding(build_embedder(parsed[0], pretrained=False))

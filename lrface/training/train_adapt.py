@@ -215,29 +215,43 @@ def export_onnx(ckpt: dict, out_path) -> Path:
 ARCHITECTURE_FIELDS = ("gate", "translator_hidden", "translator_scale", "discriminator_hidden")
 
 
+def parse_model_id(model_id: str) -> tuple[AdaptConfig, int] | None:
+    """(config, step) of an adapt export's model_id `<adapt config>-dlib_resnet-step<N>` (as `export_onnx` writes
+    it), or None when it is not one or its config no longer exists."""
+    import importlib
+    import re
+
+    m = re.fullmatch(r"(adapt_[a-z0-9_]+?)-dlib_resnet-step(\d+)", str(model_id))
+    if m is None:
+        return None
+    try:
+        cfg = importlib.import_module(f"lrface.training.configs.{m[1]}").config
+    except ImportError:
+        return None
+    return (cfg, int(m[2])) if isinstance(cfg, AdaptConfig) else None
+
+
 def adapt_checkpoint_from_onnx(path) -> dict:
     """The `adapt` checkpoint fields an exported embedder carries (config, step, Model_LR's and the gate's
     weights), read back from the graph's initializers (`lrface.training.onnx_weights`): its sidecar's model_id
     `<config>-dlib_resnet-step<N>` names the config that built it."""
-    import re
-
     from lrface.training.onnx_weights import load_onnx_weights
     from lrface.training.train_embedder import NormalisedEmbedding
 
     path = Path(path)
     sidecar = path.with_suffix(".json")
     model_id = json.loads(sidecar.read_text()).get("model_id", "") if sidecar.is_file() else ""
-    m = re.fullmatch(r"(adapt_[a-z0-9_]+?)-dlib_resnet-step(\d+)", str(model_id))
-    if m is None:
+    parsed = parse_model_id(model_id)
+    if parsed is None:
         raise ValueError(f"{path}: not an adapt embedder (its sidecar's model_id is {model_id!r}, expected "
-                         "<adapt config>-dlib_resnet-step<N>)")
-    cfg = load_typed_config(m[1], AdaptConfig, "train-adapt", "an")
+                         "<adapt config>-dlib_resnet-step<N> with that config in lrface/training/configs)")
+    cfg, step = parsed
     net = NormalisedEmbedding(build_embedder(cfg, pretrained=False))
     missing = load_onnx_weights(net, path)
     model = next((mod for mod in net.modules() if isinstance(mod, (ModelMR, LRBranchOnly))), None)
     if model is None or not isinstance(model, ModelMR) or [k for k in missing if ".lr_branch." in k or ".gate." in k]:
         raise ValueError(f"{path}: only a gated adapt embedder's weights can be read back (missing: {missing[:5]})")
-    return {"kind": "adapt", "config": dataclasses.asdict(cfg), "step": int(m[2]),
+    return {"kind": "adapt", "config": dataclasses.asdict(cfg), "step": step,
             "lr_branch": model.lr_branch.state_dict(), "gate": model.gate.state_dict()}
 
 
