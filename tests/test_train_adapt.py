@@ -310,3 +310,53 @@ def test_init_from_fine_tunes_an_exported_embedder(bundle, tmp_path):
     with pytest.raises(SystemExit, match="--init-from .*differs from the weights' config"):
         train_adapt.main(args + ["--out", str(tmp_path / "x"), "--config", "adapt_lr_bicubic", "--steps", "1",
                                  "--init-from", str(exported)])
+
+
+def test_reexport_joins_runs_into_an_ensemble(bundle, tmp_path):
+    """--reexport SRC1 SRC2 with an ensemble config: the mean fused feature of both members (one teacher pass);
+    an ensemble of a model with itself is that model; the file's members read back as they went in."""
+    from lrface.core.face import read_image, to_model_input
+
+    root, _ = bundle
+    args = ["--data", str(root / "data"), "--threads", "1", "--batch-size", "4"]
+    for run, seed in (("a", "0"), ("b", "1")):
+        assert train_adapt.main(args + ["--out", str(tmp_path / run), "--steps", "1", "--seed", seed]) == 0
+    a, b = tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt"
+    single, twin, ens = tmp_path / "single.onnx", tmp_path / "twin.onnx", tmp_path / "ens.onnx"
+    assert train_adapt.main(["--reexport", str(a), "--config", "adapt_handmade_6k_lrview", "--out", str(single)]) == 0
+    assert train_adapt.main(["--reexport", str(a), str(a), "--config", "adapt_ens2_lrview", "--out", str(twin)]) == 0
+    assert train_adapt.main(["--reexport", str(a), str(b), "--config", "adapt_ens2_lrview", "--out", str(ens)]) == 0
+    x = to_model_input([read_image(p) for p in sorted(HR_DIR.rglob("*.jpg")) + sorted(LR_DIR.rglob("*.png"))])
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"face": x})[0]
+
+    np.testing.assert_allclose(run(twin), run(single), atol=1e-5)
+    got = run(ens)
+    assert np.abs(got - run(single)).max() > 1e-4  # the second member counts
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # the eager ensemble from both checkpoints gives the file's embeddings
+    ca, cb = (load_checkpoint(p, "adapt") for p in (a, b))
+    cfg = train_adapt.load_typed_config("adapt_ens2_lrview", train_adapt.AdaptConfig, "t", "an")
+    net = train_adapt.build_embedder(cfg, ca["lr_branch"], ca["gate"], more=[cb])
+    with torch.no_grad():
+        eager = torch.nn.functional.normalize(net(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(eager, got, atol=1e-4)
+    # read back from the file: both members, in order; re-exporting them gives the same embeddings
+    back = train_adapt.adapt_checkpoint_from_onnx(ens)
+    assert len(back["more"]) == 1
+    only_b = tmp_path / "only_b.onnx"  # the second member alone is run b
+    train_adapt.export_onnx({**back, "lr_branch": back["more"][0]["lr_branch"], "gate": back["more"][0]["gate"],
+                             "more": [], "config": {**back["config"], "ensemble": 1}}, only_b)
+    assert train_adapt.main(["--reexport", str(b), "--config", "adapt_handmade_6k_lrview", "--out", str(single)]) == 0
+    np.testing.assert_allclose(run(only_b), run(single), atol=1e-5)
+    again = tmp_path / "again.onnx"
+    assert train_adapt.main(["--reexport", str(ens), "--config", "adapt_ens2_lrview", "--out", str(again)]) == 0
+    np.testing.assert_allclose(run(again), got, atol=1e-5)
+    # the wrong number of members, training an ensemble config, fine-tuning from an ensemble: clear errors
+    with pytest.raises(SystemExit, match="takes the weights of 2 model"):
+        train_adapt.main(["--reexport", str(a), "--config", "adapt_ens2_lrview", "--out", str(tmp_path / "x.onnx")])
+    with pytest.raises(SystemExit, match="ensemble of 2 models: train each member"):
+        train_adapt.main(args + ["--out", str(tmp_path / "y"), "--config", "adapt_ens2_lrview", "--steps", "1"])
+    with pytest.raises(SystemExit, match="is an ensemble; start from one member"):
+        train_adapt.main(args + ["--out", str(tmp_path / "z"), "--steps", "1", "--init-from", str(ens)])

@@ -171,21 +171,68 @@ class LRBranchOnly(torch.nn.Module):
         return self.lr_branch(face)
 
 
+class Member(torch.nn.Module):
+    """One (Model_LR, gate) pair of an ensemble (`EnsembleMR`)."""
+
+    def __init__(self, lr_branch: torch.nn.Module, gate: CentredGate):
+        super().__init__()
+        self.lr_branch, self.gate = lr_branch, gate
+
+    def forward(self, f_hr: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+        # called as a module, so the exported graph's node names carry `members.<k>` (the weights' read-back
+        # maps node names to modules)
+        return self.gate(f_hr, self.lr_branch(face))["fused"]
+
+
+class EnsembleMR(torch.nn.Module):
+    """Several adapted models that share the frozen teacher: the mean of their fused features,
+
+        f = 1/K sum_k [(1 - W_k) f_HR + W_k T_k(f_LR,k)],
+
+    with f_HR computed once. An HR face (every W_k ~ 0) keeps the teacher's feature; an LR face gets the mean of
+    K Model_LR copies trained with other seeds / LR faces, whose errors partly cancel (`ensemble` in the config;
+    `lrface train-adapt --reexport SRC1 SRC2 ...` builds one from separately trained runs)."""
+
+    def __init__(self, hr_branch: torch.nn.Module, members: list[Member]):
+        super().__init__()
+        self.hr_branch = hr_branch
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        f_hr = self.hr_branch(face)
+        fused = [member(f_hr, face) for member in self.members]
+        return torch.stack(fused).mean(0)
+
+
 def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: dict | None = None,
-                   pretrained: bool = True) -> torch.nn.Module:
-    """The exported network: ModelMR(teacher, Model_LR, centred gate), or Model_LR alone. `pretrained=False`
-    leaves the branches uninitialised (for loading weights from elsewhere, e.g. an exported graph)."""
+                   pretrained: bool = True, more: list[dict] = ()) -> torch.nn.Module:
+    """The exported network: ModelMR(teacher, Model_LR, centred gate), or Model_LR alone, or (`cfg.ensemble` > 1)
+    the ensemble of `cfg.ensemble` (Model_LR, gate) pairs sharing the teacher, the first one's weights given by
+    `lr_state` / `gate_state`, the others' by `more` ({"lr_branch", "gate"} each). `pretrained=False` leaves the
+    branches uninitialised (for loading weights from elsewhere, e.g. an exported graph)."""
     def branch() -> DlibFaceModel:
         return DlibFaceModel.from_dat() if pretrained else DlibFaceModel()
 
-    lr_branch = branch()
-    if lr_state is not None:
-        lr_branch.load_state_dict(lr_state)
-    gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
-    if gate_state is not None:
-        gate.load_state_dict(gate_state)
-    gate.w_floor = float(cfg.gate_floor)
-    if cfg.gate:
+    def pair(lr: dict | None, gs: dict | None) -> tuple[DlibFaceModel, CentredGate]:
+        lr_branch = branch()
+        if lr is not None:
+            lr_branch.load_state_dict(lr)
+        gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
+        if gs is not None:
+            gate.load_state_dict(gs)
+        gate.w_floor = float(cfg.gate_floor)
+        return lr_branch, gate
+
+    if cfg.ensemble < 1 or (cfg.ensemble > 1 and not cfg.gate):
+        raise ValueError(f"config {cfg.name}: ensemble must be >= 1, and an ensemble needs the gate")
+    if more and len(more) != cfg.ensemble - 1:
+        raise ValueError(f"config {cfg.name} is an ensemble of {cfg.ensemble}, got the weights of {len(more) + 1}")
+    lr_branch, gate = pair(lr_state, gate_state)
+    if cfg.ensemble > 1:
+        others = list(more) or [{}] * (cfg.ensemble - 1)
+        members = [Member(lr_branch, gate)] + [Member(*pair(m.get("lr_branch"), m.get("gate"))) for m in others]
+        model = EnsembleMR(branch(), members)
+    elif cfg.gate:
         model = ModelMR(branch(), lr_branch, DIM, cfg.translator_hidden, cfg.discriminator_hidden)
         model.gate = gate
     else:
@@ -205,7 +252,7 @@ def export_onnx(ckpt: dict, out_path) -> Path:
     if ckpt.get("kind") != "adapt":
         raise ValueError(f"not an adapt checkpoint (kind {ckpt.get('kind')!r})")
     cfg = AdaptConfig(**ckpt["config"])
-    net = build_embedder(cfg, ckpt["lr_branch"], ckpt.get("gate"))
+    net = build_embedder(cfg, ckpt["lr_branch"], ckpt.get("gate"), more=ckpt.get("more", []))
     model_id = f"{cfg.name}-dlib_resnet-step{ckpt['step']}"
     return export_embedding_module(net, DIM, out_path, model_id, cfg.verify_threshold)
 
@@ -213,6 +260,7 @@ def export_onnx(ckpt: dict, out_path) -> Path:
 # the fields that shape the trained networks: weights move between configs (--reexport, --init-from) only where
 # these agree; every other field (training recipe, export options such as the views, the floor, the threshold) may differ
 ARCHITECTURE_FIELDS = ("gate", "translator_hidden", "translator_scale", "discriminator_hidden")
+# an ensemble's members each have these; the member count (`ensemble`) is the exported graph's own
 
 
 def parse_model_id(model_id: str) -> tuple[AdaptConfig, int] | None:
@@ -248,20 +296,35 @@ def adapt_checkpoint_from_onnx(path) -> dict:
     cfg, step = parsed
     net = NormalisedEmbedding(build_embedder(cfg, pretrained=False))
     missing = load_onnx_weights(net, path)
-    model = next((mod for mod in net.modules() if isinstance(mod, (ModelMR, LRBranchOnly))), None)
-    if model is None or not isinstance(model, ModelMR) or [k for k in missing if ".lr_branch." in k or ".gate." in k]:
+    model = next((mod for mod in net.modules() if isinstance(mod, (ModelMR, EnsembleMR, LRBranchOnly))), None)
+    if model is None or isinstance(model, LRBranchOnly) or [k for k in missing if ".lr_branch." in k or ".gate." in k]:
         raise ValueError(f"{path}: only a gated adapt embedder's weights can be read back (missing: {missing[:5]})")
+    pairs = ([(m.lr_branch, m.gate) for m in model.members] if isinstance(model, EnsembleMR)
+             else [(model.lr_branch, model.gate)])
+    (lr_branch, gate), rest = pairs[0], pairs[1:]
     return {"kind": "adapt", "config": dataclasses.asdict(cfg), "step": step,
-            "lr_branch": model.lr_branch.state_dict(), "gate": model.gate.state_dict()}
+            "lr_branch": lr_branch.state_dict(), "gate": gate.state_dict(),
+            "more": [{"lr_branch": lb.state_dict(), "gate": g.state_dict()} for lb, g in rest]}
 
 
-def reexport(src, config: str, out_path) -> Path:
-    """The weights of `src` (an adapt checkpoint, or an adapt embedder's ONNX file) exported with the export
-    options of `config` (mirror, LR view, gate floor, centring, threshold); its ARCHITECTURE_FIELDS must match the
-    weights' config."""
+def reexport(srcs, config: str, out_path) -> Path:
+    """The weights of `srcs` (adapt checkpoints, or adapt embedders' ONNX files; one path or a list) exported with
+    the export options of `config` (mirror, LR view, gate floor, centring, threshold). Their ARCHITECTURE_FIELDS
+    must match `config`'s; several sources (or an ensemble's file) make the members of an ensemble config, as many
+    as its `ensemble` says, in the order given."""
     new = load_typed_config(config, AdaptConfig, "train-adapt", "an")
-    ckpt = load_adapt_weights(src, new)
-    return export_onnx({**ckpt, "config": dataclasses.asdict(new)}, out_path)
+    srcs = [srcs] if isinstance(srcs, (str, Path)) else list(srcs)
+    members = []
+    for src in srcs:
+        ckpt = load_adapt_weights(src, new)
+        members += [{"lr_branch": ckpt["lr_branch"], "gate": ckpt["gate"], "step": ckpt["step"]}]
+        members += [{**m, "step": ckpt["step"]} for m in ckpt.get("more", [])]
+    if len(members) != new.ensemble:
+        raise ValueError(f"config {new.name} takes the weights of {new.ensemble} model(s), "
+                         f"{', '.join(map(str, srcs))} hold {len(members)}")
+    first = members[0]
+    return export_onnx({"kind": "adapt", "config": dataclasses.asdict(new), "step": max(m["step"] for m in members),
+                        "lr_branch": first["lr_branch"], "gate": first["gate"], "more": members[1:]}, out_path)
 
 
 def load_adapt_weights(src, cfg: AdaptConfig) -> dict:
@@ -381,9 +444,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init-from", metavar="SRC", help="fine-tune: start Model_LR and the gate from SRC (an adapt "
                    "last.pt, or an adapt embedder's .onnx such as the shipped lrface/models/weights/embedder.onnx) "
                    "instead of the teacher; margin heads and optimisers start fresh, no D_LR warm-up")
-    p.add_argument("--reexport", metavar="SRC", help="only export: the weights of SRC (an adapt last.pt, or an adapt "
-                   "embedder's .onnx) with --config's export options (mirror, LR view, gate floor, threshold) to "
-                   "--out (an .onnx path)")
+    p.add_argument("--reexport", metavar="SRC", nargs="+", help="only export: the weights of SRC (an adapt last.pt, "
+                   "or an adapt embedder's .onnx) with --config's export options (mirror, LR view, gate floor, "
+                   "threshold) to --out (an .onnx path); several SRCs: the members of an ensemble config")
     p.add_argument("--export-teacher", metavar="OUT.onnx", help="only export dlib's ResNet (+ warp) as an embedder; "
                    "with --data, centred on the bundle's mean teacher descriptor")
     args = p.parse_args(argv)
@@ -416,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AdaptConfig(**ckpt["config"]) if ckpt else load_typed_config(args.config, AdaptConfig, "train-adapt", "an")
     cfg = dataclasses.replace(cfg, **{k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
                                                           "seed": args.seed}.items() if v is not None})
+    if cfg.ensemble != 1:
+        raise SystemExit(f"train-adapt: config {cfg.name} is an ensemble of {cfg.ensemble} models: train each member "
+                         "as a run of its own, then join them with --reexport SRC1 SRC2 ... --config "
+                         f"{cfg.name} --out M.onnx")
     kinds = tuple(cfg.lr_kinds) or (cfg.lr_kind,)
     for kind in kinds:
         if kind not in LR_KINDS:
@@ -451,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
             start_weights = load_adapt_weights(args.init_from, cfg)
         except (OSError, ValueError) as e:
             raise SystemExit(f"train-adapt: --init-from {e}")
+        if start_weights.get("more"):
+            raise SystemExit(f"train-adapt: --init-from {args.init_from} is an ensemble; start from one member's run")
         lr_branch.load_state_dict(start_weights["lr_branch"])
         gate.load_state_dict(start_weights["gate"])  # with its own centre: its D_LR was trained on it
         init_from = f"{args.init_from} (step {start_weights['step']} of {start_weights['config']['name']})"

@@ -52,6 +52,10 @@ class AdaptConfig:
     # exported embedding: the gate's W at or below gate_floor counts as an HR face (W -> (W - floor) / (1 - floor));
     # 0 = off. Training never applies it
     gate_floor: float = 0.0
+    # exported embedding: the mean fused feature of `ensemble` separately trained (Model_LR, gate) pairs that share
+    # the teacher (train_adapt.EnsembleMR; each member costs one more Model_LR pass). Only an export option: its
+    # members are trained as runs of their own and joined by `lrface train-adapt --reexport SRC1 SRC2 ...`
+    ensemble: int = 1
     output_center: float = 1.0  # exported embedding: feature - output_center x the teacher's mean descriptor
     translator_hidden: int = 256
     translator_scale: float = 0.1  # the translator's output in dlib's units (one entry of a descriptor spreads ~0.1)
