@@ -121,6 +121,22 @@ def _read_exact(f, n: int) -> bytes:
     return data
 
 
+def _frame_header(head: bytes, at: int, first: bool) -> tuple[int, int]:
+    """(continuation flag, payload length) of the 8-byte frame header `head` read at byte `at` (`first`: the
+    first frame of a record), or RecordError."""
+    if len(head) != 8:
+        raise RecordError("truncated", "the file ends inside a record header")
+    magic, word = struct.unpack("<II", head)
+    if magic != MAGIC:
+        raise RecordError("corrupt", f"no RecordIO magic at byte {at} (found {magic:#010x})")
+    cflag, length = word >> 29, word & _LENGTH_MASK
+    if cflag > 3:
+        raise RecordError("corrupt", f"unknown continuation flag {cflag} at byte {at}")
+    if (cflag in (0, 1)) != first:
+        raise RecordError("corrupt", f"continuation flag {cflag} out of sequence at byte {at}")
+    return cflag, length
+
+
 def read_framed(f) -> bytes | None:
     """The payload of the record at the file's position (None at the end of the file)."""
     parts: list[bytes] = []
@@ -128,16 +144,7 @@ def read_framed(f) -> bytes | None:
         head = f.read(8)
         if not head and not parts:
             return None
-        if len(head) != 8:
-            raise RecordError("truncated", "the file ends inside a record header")
-        magic, word = struct.unpack("<II", head)
-        if magic != MAGIC:
-            raise RecordError("corrupt", f"no RecordIO magic at byte {f.tell() - 8} (found {magic:#010x})")
-        cflag, length = word >> 29, word & _LENGTH_MASK
-        if cflag > 3:
-            raise RecordError("corrupt", f"unknown continuation flag {cflag} at byte {f.tell() - 8}")
-        if (cflag in (0, 1)) != (not parts):
-            raise RecordError("corrupt", f"continuation flag {cflag} out of sequence at byte {f.tell() - 8}")
+        cflag, length = _frame_header(head, f.tell() - len(head), first=not parts)
         data = _read_exact(f, length + (-length % 4))[:length]
         parts.append(data)
         if cflag in (0, 3):
@@ -172,14 +179,7 @@ def _walk_record(f, pos: int, size: int) -> int:
     while True:
         f.seek(pos)
         head = f.read(8)
-        if len(head) != 8:
-            raise RecordError("truncated", "the file ends inside a record header")
-        magic, word = struct.unpack("<II", head)
-        if magic != MAGIC:
-            raise RecordError("corrupt", f"no RecordIO magic at byte {pos}")
-        cflag, length = word >> 29, word & _LENGTH_MASK
-        if cflag > 3 or (cflag in (0, 1)) != first:
-            raise RecordError("corrupt", f"continuation flag {cflag} out of sequence at byte {pos}")
+        cflag, length = _frame_header(head, pos, first)
         pos += 8 + length + (-length % 4)
         if pos > size:
             raise RecordError("truncated", "the file ends inside a record")
