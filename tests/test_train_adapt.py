@@ -345,14 +345,18 @@ def test_reexport_joins_runs_into_an_ensemble(bundle, tmp_path):
     # read back from the file: both members, in order; re-exporting them gives the same embeddings
     back = train_adapt.adapt_checkpoint_from_onnx(ens)
     assert len(back["more"]) == 1
-    only_b = tmp_path / "only_b.onnx"  # the second member alone is run b
-    train_adapt.export_onnx({**back, "lr_branch": back["more"][0]["lr_branch"], "gate": back["more"][0]["gate"],
-                             "more": [], "config": {**back["config"], "ensemble": 1}}, only_b)
-    assert train_adapt.main(["--reexport", str(b), "--config", "adapt_handmade_6k_lrview", "--out", str(single)]) == 0
-    np.testing.assert_allclose(run(only_b), run(single), atol=1e-5)
     again = tmp_path / "again.onnx"
     assert train_adapt.main(["--reexport", str(ens), "--config", "adapt_ens2_lrview", "--out", str(again)]) == 0
     np.testing.assert_allclose(run(again), got, atol=1e-5)
+    # --members picks models out of an ensemble's file: the second alone is run b again
+    assert train_adapt.main(["--reexport", str(b), "--config", "adapt_handmade_6k_lrview", "--out", str(single)]) == 0
+    picked = tmp_path / "picked.onnx"
+    assert train_adapt.main(["--reexport", str(ens), "--members", "2", "--config", "adapt_handmade_6k_lrview",
+                             "--out", str(picked)]) == 0
+    np.testing.assert_allclose(run(picked), run(single), atol=1e-5)
+    with pytest.raises(SystemExit, match="hold 2 model.*numbered 1 to 2"):
+        train_adapt.main(["--reexport", str(ens), "--members", "3", "--config", "adapt_handmade_6k_lrview",
+                          "--out", str(picked)])
     # the wrong number of members, training an ensemble config, fine-tuning from an ensemble: clear errors
     with pytest.raises(SystemExit, match="takes the weights of 2 model"):
         train_adapt.main(["--reexport", str(a), "--config", "adapt_ens2_lrview", "--out", str(tmp_path / "x.onnx")])

@@ -8,9 +8,11 @@
 #   data       the training bundle: HR sources, their MR-GAN / bicubic / hand-made LR versions, the real LR captures
 #              of lr-train with their identities, and the frozen teacher's embeddings of all of them
 #              (python -m lrface.training.adapt_data)
-#   train      the shipped embedder's weights (config adapt_handmade_flip_6k: 6,000 updates, mirror-averaged export;
-#              STEPS does not apply); the export stage writes them with the shipped export options too
-#              (adapt_handmade_6k_lrview: + an LR view at 32 px and a gate floor; train-adapt --reexport)
+#   train      the shipped embedder's weights: its three ensemble members (configs adapt_handmade_flip_6k,
+#              adapt_mix_flip_6k, adapt_handmade_flip_6k_s2: 6,000 updates each, one after the other; STEPS does
+#              not apply); the export stage joins them with the shipped export options (adapt_ens3_lrview: ensemble +
+#              mirror averaging + an LR view at 32 px + a gate floor; train-adapt --reexport), without the test-time
+#              options (adapt_ens3_flip), and the first two alone (adapt_ens2_lrview, adapt_ens2_flip)
 #   ablations  the other rows, same budget (STEPS updates of 32 sources + 8 real captures), two runs at a time
 #   export     every run -> $RUNS/onnx/<config>.onnx, plus dlib alone through the chip warp ($RUNS/onnx/dlib.onnx)
 #   eval       lrface eval of every ONNX file on the dev split -> $RUNS/eval/metrics_<name>.json
@@ -33,6 +35,7 @@ MRGAN_ONNX=${MRGAN_ONNX:-lrface/models/weights/mrgan.onnx}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RUNS/logs" "$RUNS/onnx" "$RUNS/eval"
+MEMBERS="adapt_handmade_flip_6k adapt_mix_flip_6k adapt_handmade_flip_6k_s2"  # the shipped ensemble's members, in its order
 ABLATIONS="adapt_full adapt_lr_mrgan adapt_lr_bicubic adapt_lr_handmade adapt_no_feature adapt_no_unlabeled adapt_no_real adapt_full_handmade adapt_full_mix adapt_full_handmade_real16"
 
 train() {  # $1 = config
@@ -49,9 +52,10 @@ for stage in "$@"; do
       $PY -m lrface.training.adapt_data --hr "$HR" --unlabeled "$UNLABELED" --synth "$RUNS/synth-hr-train" \
         --synth "$RUNS/synth-unlabeled-hr" --real-lr "$REAL_LR" --out "$RUNS/adapt-data" ;;
     train)
-      $PY -m lrface.training.train_adapt --config adapt_handmade_flip_6k --data "$RUNS/adapt-data" \
-        --out "$RUNS/adapt_handmade_flip_6k" --threads 2 --device "$DEVICE" --resume \
-        >"$RUNS/logs/adapt_handmade_flip_6k.log" 2>&1 ;;
+      for c in $MEMBERS; do
+        $PY -m lrface.training.train_adapt --config "$c" --data "$RUNS/adapt-data" --out "$RUNS/$c" --threads 2 \
+          --device "$DEVICE" --resume >"$RUNS/logs/$c.log" 2>&1
+      done ;;
     ablations)
       set -- $ABLATIONS
       while [ $# -gt 0 ]; do
@@ -63,12 +67,25 @@ for stage in "$@"; do
     export)
       $PY -m lrface.training.train_adapt --export-teacher "$RUNS/onnx/dlib.onnx"
       $PY -m lrface.training.train_adapt --export-teacher "$RUNS/onnx/dlib_centred.onnx" --data "$RUNS/adapt-data"
-      for c in adapt_handmade_flip_6k $ABLATIONS; do
+      for c in $MEMBERS $ABLATIONS; do
         [ -f "$RUNS/$c/last.pt" ] && $PY -m lrface.training.export "$RUNS/$c/last.pt" "$RUNS/onnx/$c.onnx"
       done
-      if [ -f "$RUNS/adapt_handmade_flip_6k/last.pt" ]; then  # the shipped file (lrface/models/weights/embedder.onnx)
+      if [ -f "$RUNS/adapt_handmade_flip_6k/last.pt" ]; then  # member 1 alone with the test-time options
         $PY -m lrface.training.train_adapt --reexport "$RUNS/adapt_handmade_flip_6k/last.pt" \
           --config adapt_handmade_6k_lrview --out "$RUNS/onnx/adapt_handmade_6k_lrview.onnx"
+      fi
+      set -- $MEMBERS
+      if [ -f "$RUNS/$1/last.pt" ] && [ -f "$RUNS/$2/last.pt" ]; then
+        for c in adapt_ens2_lrview adapt_ens2_flip; do
+          $PY -m lrface.training.train_adapt --reexport "$RUNS/$1/last.pt" "$RUNS/$2/last.pt" --config "$c" \
+            --out "$RUNS/onnx/$c.onnx"
+        done
+      fi
+      if [ -f "$RUNS/$1/last.pt" ] && [ -f "$RUNS/$2/last.pt" ] && [ -f "$RUNS/$3/last.pt" ]; then
+        for c in adapt_ens3_lrview adapt_ens3_flip; do  # adapt_ens3_lrview: the shipped file
+          $PY -m lrface.training.train_adapt --reexport "$RUNS/$1/last.pt" "$RUNS/$2/last.pt" "$RUNS/$3/last.pt" \
+            --config "$c" --out "$RUNS/onnx/$c.onnx"
+        done
       fi ;;
     eval)
       for f in "$RUNS"/onnx/dlib.onnx "$RUNS"/onnx/dlib_centred.onnx "$RUNS"/onnx/adapt_*.onnx; do

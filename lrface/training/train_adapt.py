@@ -4,6 +4,7 @@
         [--max-minutes M] [--threads T] [--resume]
     lrface train-adapt --export-teacher lrface/models/weights/dlib.onnx      # dlib alone, as an embedder (comparison)
     lrface train-adapt --reexport SRC --config NAME --out M.onnx    # SRC's weights (last.pt or .onnx), NAME's export options
+    lrface train-adapt --reexport SRC1 SRC2 --config NAME --out M.onnx   # an ensemble (NAME's `ensemble` = 2)
 
 `--data` is the bundle of `lrface.training.adapt_data` (HR sources, one LR version of each kind per source, and the
 frozen teacher's embeddings of all of them, computed once). Model_MR is lrface.models.ran.ModelMR with
@@ -307,11 +308,12 @@ def adapt_checkpoint_from_onnx(path) -> dict:
             "more": [{"lr_branch": lb.state_dict(), "gate": g.state_dict()} for lb, g in rest]}
 
 
-def reexport(srcs, config: str, out_path) -> Path:
+def reexport(srcs, config: str, out_path, take: list[int] | None = None) -> Path:
     """The weights of `srcs` (adapt checkpoints, or adapt embedders' ONNX files; one path or a list) exported with
     the export options of `config` (mirror, LR view, gate floor, centring, threshold). Their ARCHITECTURE_FIELDS
     must match `config`'s; several sources (or an ensemble's file) make the members of an ensemble config, as many
-    as its `ensemble` says, in the order given."""
+    as its `ensemble` says, in the order given. `take` (1-based) keeps only those of the models the sources hold,
+    e.g. [1] for the first member of an ensemble alone."""
     new = load_typed_config(config, AdaptConfig, "train-adapt", "an")
     srcs = [srcs] if isinstance(srcs, (str, Path)) else list(srcs)
     members = []
@@ -319,6 +321,11 @@ def reexport(srcs, config: str, out_path) -> Path:
         ckpt = load_adapt_weights(src, new)
         members += [{"lr_branch": ckpt["lr_branch"], "gate": ckpt["gate"], "step": ckpt["step"]}]
         members += [{**m, "step": ckpt["step"]} for m in ckpt.get("more", [])]
+    if take:
+        if any(not 1 <= k <= len(members) for k in take):
+            raise ValueError(f"--members {' '.join(map(str, take))}: {', '.join(map(str, srcs))} hold "
+                             f"{len(members)} model(s), numbered 1 to {len(members)}")
+        members = [members[k - 1] for k in take]
     if len(members) != new.ensemble:
         raise ValueError(f"config {new.name} takes the weights of {new.ensemble} model(s), "
                          f"{', '.join(map(str, srcs))} hold {len(members)}")
@@ -447,11 +454,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reexport", metavar="SRC", nargs="+", help="only export: the weights of SRC (an adapt last.pt, "
                    "or an adapt embedder's .onnx) with --config's export options (mirror, LR view, gate floor, "
                    "threshold) to --out (an .onnx path); several SRCs: the members of an ensemble config")
+    p.add_argument("--members", metavar="K", nargs="+", type=int, help="with --reexport: only these of the models "
+                   "the SRCs hold (1-based, in order), e.g. `--members 1` for an ensemble's first member alone")
     p.add_argument("--export-teacher", metavar="OUT.onnx", help="only export dlib's ResNet (+ warp) as an embedder; "
                    "with --data, centred on the bundle's mean teacher descriptor")
     args = p.parse_args(argv)
     if args.reexport and not (args.out and args.out.endswith(".onnx")):
         p.error("--reexport needs --out OUT.onnx")
+    if args.members and not args.reexport:
+        p.error("--members goes with --reexport")
     if not args.export_teacher and not args.reexport and not (args.data and args.out):
         p.error("--data and --out are required (or --export-teacher OUT.onnx, or --reexport SRC --out OUT.onnx)")
     return args
@@ -463,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.reexport:
         try:
-            print(f"train-adapt: wrote {reexport(args.reexport, args.config, args.out)}")
+            print(f"train-adapt: wrote {reexport(args.reexport, args.config, args.out, args.members)}")
         except (OSError, ValueError) as e:
             raise SystemExit(f"train-adapt: {e}")
         return 0

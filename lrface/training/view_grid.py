@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         raise SystemExit(f"view_grid: {e}")
     cfg = AdaptConfig(**ckpt["config"])
+    if cfg.ensemble != 1:
+        raise SystemExit(f"view_grid: {args.model} is an ensemble of {cfg.ensemble} models; give one model's export")
     if cfg.lr_view_height or not cfg.flip_average:
         raise SystemExit(f"view_grid: {args.model} must be exported with mirror averaging and without an LR view")
     net = build_embedder(cfg, ckpt["lr_branch"], ckpt["gate"])
