@@ -1,4 +1,5 @@
-"""The shipped embedder: the weights of `adapt_handmade_flip_6k` (the full model on hand-made LR, 6,000 updates),
+"""The previously shipped embedder, and the shipped ensemble's test-time options (`adapt_ens3_lrview` builds on
+this config): the weights of `adapt_handmade_flip_6k` (the full model on hand-made LR, 6,000 updates),
 exported with two more test-time options on top of mirror averaging:
 - an LR view: + 0.35 x the unit embedding of the face seen as a 32-pixel capture (the median height of the real
   lr-train captures), downsampled and brought back to the canvas inside the graph (train_adapt.LRView);
