@@ -74,19 +74,15 @@ for stage in "$@"; do
         $PY -m lrface.training.train_adapt --reexport "$RUNS/adapt_handmade_flip_6k/last.pt" \
           --config adapt_handmade_6k_lrview --out "$RUNS/onnx/adapt_handmade_6k_lrview.onnx"
       fi
-      set -- $MEMBERS
-      if [ -f "$RUNS/$1/last.pt" ] && [ -f "$RUNS/$2/last.pt" ]; then
-        for c in adapt_ens2_lrview adapt_ens2_flip; do
-          $PY -m lrface.training.train_adapt --reexport "$RUNS/$1/last.pt" "$RUNS/$2/last.pt" --config "$c" \
-            --out "$RUNS/onnx/$c.onnx"
+      srcs=() k=0  # the first k members as an ensemble (k = 2, 3), once all their runs exist
+      for m in $MEMBERS; do
+        [ -f "$RUNS/$m/last.pt" ] || break
+        srcs+=("$RUNS/$m/last.pt") k=$((k + 1))
+        [ "$k" -ge 2 ] || continue
+        for c in "adapt_ens${k}_lrview" "adapt_ens${k}_flip"; do  # adapt_ens3_lrview: the shipped file
+          $PY -m lrface.training.train_adapt --reexport "${srcs[@]}" --config "$c" --out "$RUNS/onnx/$c.onnx"
         done
-      fi
-      if [ -f "$RUNS/$1/last.pt" ] && [ -f "$RUNS/$2/last.pt" ] && [ -f "$RUNS/$3/last.pt" ]; then
-        for c in adapt_ens3_lrview adapt_ens3_flip; do  # adapt_ens3_lrview: the shipped file
-          $PY -m lrface.training.train_adapt --reexport "$RUNS/$1/last.pt" "$RUNS/$2/last.pt" "$RUNS/$3/last.pt" \
-            --config "$c" --out "$RUNS/onnx/$c.onnx"
-        done
-      fi ;;
+      done ;;
     eval)
       for f in "$RUNS"/onnx/dlib.onnx "$RUNS"/onnx/dlib_centred.onnx "$RUNS"/onnx/adapt_*.onnx; do
         [ -f "$f" ] && $PY -m lrface.service.cli eval --data "$DEV" --model "$f" --out "$RUNS/eval" --name "$(basename "$f" .onnx)"
