@@ -14,7 +14,9 @@ pytest.importorskip("onnx")
 
 from conftest import HR_DIR, LR_DIR  # noqa: E402
 from lrface.training import adapt_data, train_adapt  # noqa: E402
+from lrface.core.face import to_canvas  # noqa: E402
 from lrface.training.common import load_checkpoint  # noqa: E402
+from lrface.training.degradations import blur_noise_jpeg_lr  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -144,6 +146,28 @@ def test_mixed_lr_kinds_draw_each_kind_and_train(bundle, tmp_path):
     assert train_adapt.main(["--config", "adapt_full_mix", "--data", str(root / "data"), "--out", str(out),
                              "--threads", "1", "--batch-size", "4", "--steps", "2"]) == 0
     assert list(load_checkpoint(out / "last.pt", "adapt")["config"]["lr_kinds"]) == list(kinds)
+
+
+def test_fresh_lr_faces_are_the_hand_made_path_at_drawn_heights_and_train(bundle, tmp_path, monkeypatch):
+    root, _ = bundle
+    data = adapt_data.load(root / "data")
+    hr = np.array(data["hr"][:3])
+    heights = np.array([20, 33, 47])
+    got = train_adapt.fresh_lr(hr, heights, np.random.default_rng(5))
+    rng = np.random.default_rng(5)  # the bundle's hand-made path, face by face, with the same draws
+    want = np.stack([to_canvas(blur_noise_jpeg_lr(f, int(h), rng)) for f, h in zip(hr, heights)])
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (3, 112, 96, 3) and got.dtype == np.uint8
+
+    out = tmp_path / "online"
+    args = ["--config", "adapt_online_flip_6k", "--data", str(root / "data"), "--out", str(out), "--threads", "1",
+            "--batch-size", "8"]
+    assert train_adapt.main(args + ["--steps", "2"]) == 0
+    assert load_checkpoint(out / "last.pt", "adapt")["config"]["lr_online"] == 0.5
+    bad = train_adapt.AdaptConfig(name="bad", lr_online=1.5)
+    monkeypatch.setattr(train_adapt, "load_typed_config", lambda *a, **k: bad)
+    with pytest.raises(SystemExit, match="lr_online is a share"):
+        train_adapt.main(["--config", "bad", "--data", str(root / "data"), "--out", str(tmp_path / "b"), "--steps", "1"])
 
 
 def test_flip_average_export_is_the_mean_of_face_and_mirror(tmp_path):

@@ -37,6 +37,8 @@ def load_onnx_weights(module: nn.Module, onnx_path: str | Path) -> list[str]:
     for node in graph.node:  # equal weights are stored once; the others are Identity nodes of that one
         if node.op_type == "Identity" and node.input[0] in inits:
             inits.setdefault(node.output[0], inits[node.input[0]])
+        if node.op_type == "Cast" and node.input[0] in inits:  # weights stored in float16 (store_weights_fp16)
+            inits.setdefault(node.output[0], inits[node.input[0]].astype(np.float32))
     state = module.state_dict(keep_vars=True)
     modules = dict(module.named_modules())
     done: set[str] = set()
@@ -82,3 +84,38 @@ def load_onnx_weights(module: nn.Module, onnx_path: str | Path) -> list[str]:
         put(f"{bn_name}.running_mean", torch.zeros_like(bn.running_mean))
         put(f"{bn_name}.running_var", torch.full_like(bn.running_var, 1.0 - bn.eps))
     return [k for k in state if k not in done and not k.endswith("num_batches_tracked")]
+
+
+FP16_SUFFIX = "__fp16"
+
+
+def store_weights_fp16(onnx_path: str | Path, min_elements: int = 1024) -> int:
+    """Store the float32 weights of an exported graph (initializers of at least `min_elements` entries whose values
+    float16 holds) as float16, each followed by a Cast back to float32 under its old name: the file halves, the
+    arithmetic stays float32 (onnxruntime folds the casts when it loads the graph). Rewrites the file in place;
+    returns how many weights it converted. `load_onnx_weights` reads such a file back."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        value = numpy_helper.to_array(init)
+        if not np.all(np.abs(value) <= np.finfo(np.float16).max):
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(value.astype(np.float16), name + FP16_SUFFIX))
+        casts.append(helper.make_node("Cast", [name + FP16_SUFFIX], [name], name=f"{name}{FP16_SUFFIX}/Cast",
+                                      to=TensorProto.FLOAT))
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(onnx_path)
+    return len(casts)

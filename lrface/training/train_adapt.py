@@ -49,13 +49,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
+from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height, to_canvas
 from lrface.models.dlib_resnet import DlibFaceModel, count_macs
 from lrface.models.ran import ModelMR, TranslationGate
 from lrface.training.adapt_data import LR_KINDS, load as load_bundle
 from lrface.training.common import (MetricsLog, fit, load_typed_config, resume_checkpoint, save_checkpoint,
                              step_generator)
 from lrface.training.configs.adapt_full import AdaptConfig
+from lrface.training.degradations import blur_noise_jpeg_lr
 from lrface.training.losses import MarginHead, margin_loss
 from lrface.training.train_embedder import export_embedding_module
 
@@ -255,7 +256,11 @@ def export_onnx(ckpt: dict, out_path) -> Path:
     cfg = AdaptConfig(**ckpt["config"])
     net = build_embedder(cfg, ckpt["lr_branch"], ckpt.get("gate"), more=ckpt.get("more", []))
     model_id = f"{cfg.name}-dlib_resnet-step{ckpt['step']}"
-    return export_embedding_module(net, DIM, out_path, model_id, cfg.verify_threshold)
+    path = export_embedding_module(net, DIM, out_path, model_id, cfg.verify_threshold)
+    if cfg.fp16_weights:
+        from lrface.training.onnx_weights import store_weights_fp16
+        store_weights_fp16(path)
+    return path
 
 
 # the fields that shape the trained networks: weights move between configs (--reexport, --init-from) only where
@@ -413,6 +418,13 @@ def warm_up_discriminator(gate: CentredGate, pool: np.ndarray, t_hr, lr_sets: Mi
           f"{w[:len(sel)].mean().item():.3f}, on LR {w[len(sel):].mean().item():.3f}", flush=True)
 
 
+def fresh_lr(hr_faces: np.ndarray, heights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """New hand-made LR versions (degradations.blur_noise_jpeg_lr: random blur, noise and JPEG quality) of HR faces
+    (N, 112, 96, 3) uint8 at the given native heights, brought back to the canvas by the inference core's resize
+    path, as the bundle's `handmade` versions are (AdaptConfig.lr_online)."""
+    return np.stack([to_canvas(blur_noise_jpeg_lr(f, int(h), rng)) for f, h in zip(hr_faces, heights)])
+
+
 def photometric(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
     """Camera-like colour changes of LR faces in [0, 1] (N, 3, H, W): greyscale (night mode), white-balance
     casts, gamma and contrast. Real captures show far more of these than the MR-GAN's faces do (the model card's
@@ -498,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         if kind not in LR_KINDS:
             raise SystemExit(f"train-adapt: LR kinds must be among {', '.join(LR_KINDS)}, not {kind!r}")
+    if not 0.0 <= cfg.lr_online <= 1.0:
+        raise SystemExit(f"train-adapt: lr_online is a share of the LR faces, within [0, 1], not {cfg.lr_online}")
     if cfg.lr_kinds and len(cfg.lr_kind_weights) not in (0, len(kinds)):
         raise SystemExit("train-adapt: lr_kind_weights needs one weight per entry of lr_kinds")
 
@@ -575,9 +589,14 @@ def main(argv: list[str] | None = None) -> int:
                     state[k] = v.to(device)
     batch = cfg.batch_size
     n_hr = int(round(batch * cfg.hr_fraction)) if cfg.gate else 0
+    n_online = int(round((batch - n_hr) * cfg.lr_online))  # fresh LR faces per update
+    heights = np.array(data["heights"])
+    teacher = None  # embeds the fresh LR faces for the gate (the bundle caches it for its own LR versions)
+    if n_online and cfg.gate:
+        teacher = DlibFaceModel.from_dat().to(device).eval().requires_grad_(False)
     print(f"train-adapt: config {cfg.name}: {len(pool)} sources ({len(identities)} identities), LR faces "
           f"'{'+'.join(kinds)}', gate {'on' if cfg.gate else 'off'}, feature weight {cfg.feature_weight}, "
-          f"batch {batch} ({n_hr} HR), {cfg.steps} steps; Model_LR {count_macs() / 1e6:.0f} M multiply-adds a face; "
+          f"batch {batch} ({n_hr} HR{f', {n_online} fresh LR' if n_online else ''}), {cfg.steps} steps; Model_LR {count_macs() / 1e6:.0f} M multiply-adds a face; "
           + (f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device))
           + (f"; resumed at step {step}" if ckpt else "")
           + (f"; Model_LR and gate from {init_from}" if init_from else ""), flush=True)
@@ -622,7 +641,16 @@ def main(argv: list[str] | None = None) -> int:
         idx = np.concatenate([idx[:n_hr], idx[n_hr:][order]])
         kind_of = lr_sets.draw(batch - n_hr, rng)
         pixels = np.concatenate([hr_images[idx[:n_hr]], lr_sets.images(idx[n_hr:], kind_of)])
+        t_lr = lr_sets.teacher(idx[n_hr:], kind_of)  # the teacher's features of the LR faces (the gate's input)
+        if n_online:  # the first n_online LR faces made afresh
+            fresh = slice(n_hr, n_hr + n_online)
+            g = np.random.default_rng([cfg.seed, 13, step])
+            pixels[fresh] = fresh_lr(hr_images[idx[fresh]], heights[g.integers(len(heights), size=n_online)], g)
         x = tensor(pixels).permute(0, 3, 1, 2).float() / 255.0
+        if teacher is not None:
+            with torch.no_grad():
+                t_lr = np.array(t_lr)
+                t_lr[:n_online] = teacher(x[fresh] * 2 - 1).cpu().numpy()
         if cfg.photometric > 0:  # LR inputs only
             x[n_hr:] = photometric(x[n_hr:], cfg.photometric, rng)
         x = x * 2 - 1
@@ -634,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
 
         f_lr = lr_branch(x)
         if cfg.gate:
-            f_hr = tensor(np.concatenate([t_hr[idx[:n_hr]], lr_sets.teacher(idx[n_hr:], kind_of)]))
+            f_hr = tensor(np.concatenate([t_hr[idx[:n_hr]], t_lr]))
             # D_LR's parameters take part in the forward pass only when the task losses also train the gate
             gate.discriminator.requires_grad_(cfg.gate_task_weight > 0)
             parts = gate(f_hr, f_lr)
@@ -685,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.gate:  # D_LR: teacher features of HR faces -> 0, of LR faces -> 1, fused LR features -> 1
             gate.discriminator.requires_grad_(True)
             sel = idx[n_hr:]
-            d_in = torch.cat([tensor(t_hr[sel]), tensor(lr_sets.teacher(sel, kind_of)),
+            d_in = torch.cat([tensor(t_hr[sel]), tensor(t_lr),
                               fused[n_hr:].detach()]) - gate.center
             logits = gate.discriminator(d_in)
             m = len(sel)

@@ -19,6 +19,11 @@ class AdaptConfig:
     lr_kinds: tuple[str, ...] = ()
     lr_kind_weights: tuple[float, ...] = ()
     use_unlabeled: bool = True  # also train on unlabeled-hr sources (feature supervision only)
+    # share of each batch's LR faces made afresh at every update: the hand-made degradation (blur -> bicubic -> noise
+    # -> JPEG, degradations.blur_noise_jpeg_lr) of the HR source at a height drawn from the bundle's heights, the
+    # teacher embedding it on the fly. Model_LR then sees many LR versions of a source instead of the bundle's one
+    # per kind; 0 = the bundle's LR versions only
+    lr_online: float = 0.0
     photometric: float = 1.0  # strength of camera-like colour changes on LR inputs (train_adapt.photometric); 0 = off
     hr_fraction: float = 0.25  # share of each batch that is an HR face (gate runs: HR inputs must stay put)
     # losses
@@ -56,6 +61,9 @@ class AdaptConfig:
     # the teacher (train_adapt.EnsembleMR; each member costs one more Model_LR pass). Only an export option: its
     # members are trained as runs of their own and joined by `lrface train-adapt --reexport SRC1 SRC2 ...`
     ensemble: int = 1
+    # exported file: weights stored as float16, cast back to float32 inside the graph (onnx_weights.store_weights_fp16;
+    # half the file, float32 arithmetic)
+    fp16_weights: bool = False
     output_center: float = 1.0  # exported embedding: feature - output_center x the teacher's mean descriptor
     translator_hidden: int = 256
     translator_scale: float = 0.1  # the translator's output in dlib's units (one entry of a descriptor spreads ~0.1)
