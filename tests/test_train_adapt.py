@@ -160,7 +160,7 @@ def test_fresh_lr_faces_are_the_hand_made_path_at_drawn_heights_and_train(bundle
     assert got.shape == (3, 112, 96, 3) and got.dtype == np.uint8
 
     out = tmp_path / "online"
-    args = ["--config", "adapt_online_flip_6k", "--data", str(root / "data"), "--out", str(out), "--threads", "1",
+    args = ["--config", "adapt_online_flip_3k", "--data", str(root / "data"), "--out", str(out), "--threads", "1",
             "--batch-size", "8"]
     assert train_adapt.main(args + ["--steps", "2"]) == 0
     assert load_checkpoint(out / "last.pt", "adapt")["config"]["lr_online"] == 0.5
@@ -381,20 +381,17 @@ def test_reexport_joins_runs_into_an_ensemble(bundle, tmp_path):
     with pytest.raises(SystemExit, match="hold 2 model.*numbered 1 to 2"):
         train_adapt.main(["--reexport", str(ens), "--members", "3", "--config", "adapt_handmade_6k_lrview",
                           "--out", str(picked)])
-    # float16 weights (adapt_ens4_flip: fp16_weights): a file half the size per weight, the same embeddings up to
-    # float16 rounding, members read back from it
-    half, full = tmp_path / "half.onnx", tmp_path / "full.onnx"
-    assert train_adapt.main(["--reexport", str(a), str(b), str(a), str(b), "--config", "adapt_ens4_flip",
+    # float16 weights (adapt_ens4_lrview: fp16_weights): members a, b, a, b make the two-member file's embeddings up
+    # to float16 rounding; the exporter stores equal weights once, so both files hold three ResNets, in 2 bytes a
+    # weight against 4; the members read back from the float16 file
+    half = tmp_path / "half.onnx"
+    assert train_adapt.main(["--reexport", str(a), str(b), str(a), str(b), "--config", "adapt_ens4_lrview",
                              "--out", str(half)]) == 0
-    assert train_adapt.main(["--reexport", str(a), str(b), "--config", "adapt_ens2_flip", "--out", str(full)]) == 0
-    # the exporter stores equal weights once, so both files hold three ResNets: in 2 bytes a weight against 4
-    assert 0.45 < half.stat().st_size / full.stat().st_size < 0.55
-    np.testing.assert_allclose(run(half), run(full), atol=2e-3)
-    assert train_adapt.main(["--reexport", str(half), "--members", "2", "--config", "adapt_handmade_flip_6k",
+    assert 0.45 < half.stat().st_size / ens.stat().st_size < 0.55
+    np.testing.assert_allclose(run(half), got, atol=2e-3)
+    assert train_adapt.main(["--reexport", str(half), "--members", "2", "--config", "adapt_handmade_6k_lrview",
                              "--out", str(picked)]) == 0
-    solo = tmp_path / "solo.onnx"
-    assert train_adapt.main(["--reexport", str(b), "--config", "adapt_handmade_flip_6k", "--out", str(solo)]) == 0
-    np.testing.assert_allclose(run(picked), run(solo), atol=2e-3)
+    np.testing.assert_allclose(run(picked), run(single), atol=2e-3)
     # the wrong number of members, training an ensemble config, fine-tuning from an ensemble: clear errors
     with pytest.raises(SystemExit, match="takes the weights of 2 model"):
         train_adapt.main(["--reexport", str(a), "--config", "adapt_ens2_lrview", "--out", str(tmp_path / "x.onnx")])
