@@ -590,13 +590,14 @@ def main(argv: list[str] | None = None) -> int:
     batch = cfg.batch_size
     n_hr = int(round(batch * cfg.hr_fraction)) if cfg.gate else 0
     n_online = int(round((batch - n_hr) * cfg.lr_online))  # fresh LR faces per update
-    heights = np.array(data["heights"])
+    heights = np.array(data["heights"]) if n_online else None  # native heights to draw the fresh LR faces at
     teacher = None  # embeds the fresh LR faces for the gate (the bundle caches it for its own LR versions)
     if n_online and cfg.gate:
         teacher = DlibFaceModel.from_dat().to(device).eval().requires_grad_(False)
     print(f"train-adapt: config {cfg.name}: {len(pool)} sources ({len(identities)} identities), LR faces "
           f"'{'+'.join(kinds)}', gate {'on' if cfg.gate else 'off'}, feature weight {cfg.feature_weight}, "
-          f"batch {batch} ({n_hr} HR{f', {n_online} fresh LR' if n_online else ''}), {cfg.steps} steps; Model_LR {count_macs() / 1e6:.0f} M multiply-adds a face; "
+          f"batch {batch} ({n_hr} HR{f', {n_online} fresh LR' if n_online else ''}), {cfg.steps} steps; "
+          f"Model_LR {count_macs() / 1e6:.0f} M multiply-adds a face; "
           + (f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device))
           + (f"; resumed at step {step}" if ckpt else "")
           + (f"; Model_LR and gate from {init_from}" if init_from else ""), flush=True)
