@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lrface.core.files import write_atomic
+
 
 def module_name(node_name: str) -> str:
     """'/net/hr_branch/blocks/blocks.0/block/block.0/block.0.0/Conv' -> 'net.hr_branch.blocks.0.block.0.0'
@@ -115,7 +117,5 @@ def store_weights_fp16(onnx_path: str | Path, min_elements: int = 1024) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
-    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(onnx_path)
+    write_atomic(onnx_path, model.SerializeToString())
     return len(casts)

@@ -256,11 +256,7 @@ def export_onnx(ckpt: dict, out_path) -> Path:
     cfg = AdaptConfig(**ckpt["config"])
     net = build_embedder(cfg, ckpt["lr_branch"], ckpt.get("gate"), more=ckpt.get("more", []))
     model_id = f"{cfg.name}-dlib_resnet-step{ckpt['step']}"
-    path = export_embedding_module(net, DIM, out_path, model_id, cfg.verify_threshold)
-    if cfg.fp16_weights:
-        from lrface.training.onnx_weights import store_weights_fp16
-        store_weights_fp16(path)
-    return path
+    return export_embedding_module(net, DIM, out_path, model_id, cfg.verify_threshold, cfg.fp16_weights)
 
 
 # the fields that shape the trained networks: weights move between configs (--reexport, --init-from) only where

@@ -118,8 +118,9 @@ class NormalisedEmbedding(nn.Module):
 
 
 def export_embedding_module(net: nn.Module, dim: int, out_path: str | os.PathLike, model_id: str,
-                            verify_threshold: float) -> Path:
-    """`face` [N, 3, 112, 96] -> `embedding` [N, D] (unit norm), opset 17, dynamic batch, + JSON sidecar."""
+                            verify_threshold: float, fp16_weights: bool = False) -> Path:
+    """`face` [N, 3, 112, 96] -> `embedding` [N, D] (unit norm), opset 17, dynamic batch, + JSON sidecar;
+    `fp16_weights`: weights stored as float16 (`onnx_weights.store_weights_fp16`), float32 arithmetic."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module = NormalisedEmbedding(net).cpu().float().eval()
@@ -132,6 +133,9 @@ def export_embedding_module(net: nn.Module, dim: int, out_path: str | os.PathLik
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(module, (dummy,), str(tmp), **kwargs)
+    if fp16_weights:
+        from lrface.training.onnx_weights import store_weights_fp16
+        store_weights_fp16(tmp)
     os.replace(tmp, out_path)
     sidecar = {"model_id": model_id, "dim": int(dim), "verify_threshold": float(verify_threshold)}
     out_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
