@@ -156,3 +156,35 @@ def test_compare_dlib_scores_the_same_pairs(dev_folder, tmp_path):
     assert metrics["dim"] == 128 and metrics["pairs"] == reference["pairs"]
     assert metrics["rank1_probes"] == reference["rank1_probes"] and "caveat" in metrics
     assert "warped to dlib's 150x150 chip" in metrics["input"]
+
+
+def test_people_halves_split_the_identities_by_crc32_and_score_only_their_pairs(dev_folder, tmp_path, capsys):
+    import zlib
+
+    names = [f"person_{i}" for i in range(200)]
+    even = {n for n in names if evaluate.in_people(n, "even")}
+    odd = {n for n in names if evaluate.in_people(n, "odd")}
+    assert even | odd == set(names) and not even & odd and 80 < len(even) < 120
+    assert all(zlib.crc32(n.encode()) % 2 == 0 for n in even) and all(evaluate.in_people(n, "all") for n in names)
+    with pytest.raises(ValueError, match="even, odd"):
+        evaluate.in_people("x", "half")
+
+    model = tmp_path / "linear.onnx"
+    linear_embedder_onnx(model)
+    out = tmp_path / "eval"
+    # the fixture's person_0..3 are in the even half (10 images), person_4 (1 image) in the odd one
+    assert evaluate.main(["--data", str(dev_folder), "--model", str(model), "--out", str(out), "--people", "even"]) == 0
+    metrics = json.loads((out / "metrics_linear_even.json").read_text())
+    assert (metrics["people"], metrics["images"], metrics["identities"]) == ("even", 10, 4)
+    stems, identities, hr_paths, lr_paths = evaluate.read_dev_folder(dev_folder, "even")
+    assert set(identities) == {f"person_{i}" for i in range(4)} and len(stems) == 10
+    from lrface.core.embedder import Embedder
+    embedder = Embedder(model, max_batch=128)
+    direct = evaluate.evaluate_embeddings(embedder.embed([evaluate.read_image(p) for p in hr_paths]),
+                                          embedder.embed([evaluate.read_image(p) for p in lr_paths]), identities)
+    assert metrics["pairs"] == direct["pairs"] and metrics["tar_at_far"] == direct["tar_at_far"]
+    assert metrics["pairs"]["hr_lr"]["impostor"] == 10 * 10 - 10 - 18  # no pair reaches into the other half
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", str(dev_folder), "--model", str(model), "--people", "half"])
+    assert "invalid choice" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """`lrface eval`: verification and identification metrics of an embedder ONNX model on a dev-style folder.
 
-    lrface eval --data DIR --model embedder.onnx [--out DIR] [--name NAME]
+    lrface eval --data DIR --model embedder.onnx [--out DIR] [--name NAME] [--people all|even|odd]
 
 DIR holds `hr/<identity>/<name>.<ext>`, `lr/<identity>/<name>.<ext>` (an LR capture of each HR image, same stem)
 and `images.csv` (`stem,identity,lr_height,lr_width`). Runs on onnxruntime only (no torch) through the
@@ -21,6 +21,9 @@ Protocols (scores are cosine similarities, computed as full matrices):
   probe identity's first HR image of another stem, every other identity's first HR image (single-image
   identities stay in as distractors). Probes are the LR captures of identities with at least two images.
 - verify_threshold: the HR-LR threshold at FAR 1e-3, the sidecar's "same person" cut-off.
+- --people even / odd: only the identities whose CRC-32 (of the UTF-8 name) is even / odd, a fixed split of the
+  people into two halves that needs no seed. A change that helps on one folder should help on both halves; the
+  model card's shipping rules read these.
 
 Writes `metrics_<name>.json` and `roc_<name>.png` under --out and prints a Markdown table row.
 """
@@ -31,6 +34,7 @@ import csv
 import json
 import sys
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +52,14 @@ EmbedFn = Callable[[list[np.ndarray]], np.ndarray]
 FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 PROTOCOLS = ("hr_hr", "hr_lr", "lr_lr")
 PROTOCOL_LABELS = {"hr_hr": "HR-HR", "hr_lr": "HR-LR", "lr_lr": "LR-LR"}
+PEOPLE = ("all", "even", "odd")
+
+
+def in_people(identity: str, people: str) -> bool:
+    """Whether `identity` belongs to `people`: "all", or the "even" / "odd" half by the CRC-32 of its name."""
+    if people not in PEOPLE:
+        raise ValueError(f"people must be one of {', '.join(PEOPLE)}, got {people!r}")
+    return people == "all" or zlib.crc32(identity.encode("utf-8")) % 2 == (people == "odd")
 
 
 def far_key(far: float) -> str:
@@ -57,8 +69,9 @@ def far_key(far: float) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # data and embeddings
 
-def read_dev_folder(root: Path) -> tuple[list[str], list[str], list[Path], list[Path]]:
-    """Stems, identities, HR paths and LR paths, in images.csv order."""
+def read_dev_folder(root: Path, people: str = "all") -> tuple[list[str], list[str], list[Path], list[Path]]:
+    """Stems, identities, HR paths and LR paths, in images.csv order, of the identities in `people`
+    (`in_people`)."""
     csv_path = root / "images.csv"
     if not csv_path.exists():
         raise SystemExit(f"eval: {csv_path} not found (expected a dev-style folder: hr/, lr/, images.csv)")
@@ -73,6 +86,8 @@ def read_dev_folder(root: Path) -> tuple[list[str], list[str], list[Path], list[
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
             stem = row["stem"]
+            if not in_people(row["identity"], people):
+                continue
             if stem not in hr_files or stem not in lr_files:
                 raise SystemExit(f"eval: {stem!r} in images.csv has no {'HR' if stem not in hr_files else 'LR'} image")
             stems.append(stem)
@@ -80,7 +95,7 @@ def read_dev_folder(root: Path) -> tuple[list[str], list[str], list[Path], list[
             hr_paths.append(hr_files[stem])
             lr_paths.append(lr_files[stem])
     if not stems:
-        raise SystemExit(f"eval: {csv_path} lists no images")
+        raise SystemExit(f"eval: {csv_path} lists no images" + ("" if people == "all" else f" of the {people} half"))
     return stems, identities, hr_paths, lr_paths
 
 
@@ -232,28 +247,29 @@ def evaluate_embeddings(hr: np.ndarray, lr: np.ndarray, identities: Sequence) ->
     return metrics
 
 
-def evaluate_folder(data: Path, embed: EmbedFn, model: str, batch_size: int = 128) -> dict:
-    """Embed a dev-style folder's HR and LR images with `embed` (see `embed_files`) and score them with
-    `evaluate_embeddings`; `model` is what the metrics' "model" field says."""
+def evaluate_folder(data: Path, embed: EmbedFn, model: str, batch_size: int = 128, people: str = "all") -> dict:
+    """Embed a dev-style folder's HR and LR images (of `people`: all, or the even / odd half, `in_people`) with
+    `embed` (see `embed_files`) and score them with `evaluate_embeddings`; `model` is what the metrics' "model"
+    field says."""
     t0 = time.time()
-    stems, identities, hr_paths, lr_paths = read_dev_folder(data)
+    stems, identities, hr_paths, lr_paths = read_dev_folder(data, people)
     with ThreadPoolExecutor(max_workers=4) as pool:
         hr = embed_files(embed, hr_paths, batch_size, pool)
         lr = embed_files(embed, lr_paths, batch_size, pool)
     embed_seconds = time.time() - t0
     scores = evaluate_embeddings(hr, lr, identities)
     curves = scores.pop("_curves")
-    metrics: dict = {"model": model, "data": str(data), "images": len(stems),
+    metrics: dict = {"model": model, "data": str(data), "people": people, "images": len(stems),
                      "identities": len(set(identities)), **scores,
                      "embed_seconds": round(embed_seconds, 2), "total_seconds": round(time.time() - t0, 2)}
     metrics["_curves"] = curves
     return metrics
 
 
-def evaluate(data: Path, model: Path, batch_size: int = 128, threads: int | None = None) -> dict:
+def evaluate(data: Path, model: Path, batch_size: int = 128, threads: int | None = None, people: str = "all") -> dict:
     """`evaluate_folder` with the inference core's `Embedder` on the ONNX `model` (+ its JSON sidecar)."""
     embedder = Embedder(model, threads=threads or None, max_batch=batch_size)
-    return evaluate_folder(data, embedder.embed, str(model), batch_size)
+    return evaluate_folder(data, embedder.embed, str(model), batch_size, people)
 
 
 def write_report(metrics: dict, name: str, out: Path, prog: str = "eval") -> dict:
@@ -284,7 +300,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", help="embedder ONNX (face -> embedding; its JSON sidecar next to it); "
                                    "default: the shipped lrface/models/weights/embedder.onnx")
     p.add_argument("--out", default="eval", help="where metrics_<name>.json and roc_<name>.png go (default ./eval)")
-    p.add_argument("--name", help="name in file names and the table row (default: the model file's stem)")
+    p.add_argument("--name", help="name in file names and the table row (default: the model file's stem, "
+                                  "with _even / _odd for a half)")
+    p.add_argument("--people", choices=PEOPLE, default="all",
+                   help="score all identities (default) or the even / odd half by the CRC-32 of their names")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     return p.parse_args(argv)
@@ -295,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     model = Path(args.model) if args.model else default_model_path("embedder")
     if not model.exists():
         raise SystemExit(f"eval: {model} not found")
-    name = args.name or model.stem
+    name = args.name or model.stem + ("" if args.people == "all" else f"_{args.people}")
     try:
-        metrics = evaluate(Path(args.data), model, args.batch_size, args.threads)
+        metrics = evaluate(Path(args.data), model, args.batch_size, args.threads, args.people)
     except (ModelNotFoundError, ValueError) as exc:  # no sidecar, not the embedder contract, bad arguments
         raise SystemExit(f"eval: {exc}") from None
     write_report(metrics, name, Path(args.out))
