@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lrface.core.face import read_image, to_model_input
-from lrface.training.evaluate import evaluate_embeddings, far_key, read_dev_folder
+from lrface.training.evaluate import PEOPLE, evaluate_embeddings, far_key, read_dev_folder
 
 
 def parts(model, view, paths: list[Path], batch: int = 64) -> dict[str, dict[str, np.ndarray]]:
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=32, help="LR view height in pixels (default 32)")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.35, 0.5])
     ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5])
-    ap.add_argument("--people", choices=["all", "even", "odd"], default="all",
+    ap.add_argument("--people", choices=PEOPLE, default="all",
                     help="only the identities whose CRC-32 is even / odd: pick on one half, check on the other")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", help="write the grid as JSON here")
@@ -94,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     model = next(m for m in net.modules() if isinstance(m, ModelMR))
     center = next(m for m in net.modules() if isinstance(m, Centred)).center.numpy()
     view = LRView(torch.nn.Identity(), args.height, 0.0).view
-    _, identities, hr_paths, lr_paths = read_dev_folder(Path(args.data))
-    if args.people != "all":
-        keep = [i for i, who in enumerate(identities) if zlib.crc32(who.encode()) % 2 == (args.people == "odd")]
-        identities, hr_paths, lr_paths = ([seq[i] for i in keep] for seq in (identities, hr_paths, lr_paths))
+    _, identities, hr_paths, lr_paths = read_dev_folder(Path(args.data), args.people)
     hr, lr = parts(model, view, hr_paths), parts(model, view, lr_paths)
     rows = []
     key = far_key(1e-3)
