@@ -19,18 +19,10 @@ from pathlib import Path
 
 import httpx
 
-FACES = sorted((Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hr").glob("*/*.jpg"))
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+FACES = sorted((TESTS / "fixtures" / "hr").glob("*/*.jpg"))
+sys.path.insert(0, str(TESTS))
+from service_helpers import wait_for  # noqa: E402  (the service tests' poll loop; run with the test venv)
 
 
 def face(i: int) -> tuple[str, bytes, str]:
@@ -63,7 +55,7 @@ def finished(http: httpx.Client, job_id: str, timeout: float) -> dict:
         job = http.get(f"/v1/jobs/{job_id}").json()
         return job if job["state"] in ("succeeded", "failed", "cancelled") else None
 
-    return wait_for(done, timeout, f"job {job_id} to finish")
+    return wait_for(done, timeout, interval=0.5, what=f"job {job_id} to finish")
 
 
 def check_outputs(http: httpx.Client, job_id: str, n: int, variants: int) -> None:
@@ -115,8 +107,8 @@ def main() -> int:
     # 4. a worker container SIGKILLed mid-job
     t = time.monotonic()
     job_id = submit(http, 64, 2)
-    wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["counts"]["done"] >= 4, 300, "the job to get going",
-             0.2)
+    wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["counts"]["done"] >= 4, 300, interval=0.2,
+             what="the job to get going")
     job = http.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "running" and job["counts"]["done"] < 64, job
     subprocess.run(["docker", "kill", "--signal", "KILL", workers[0]], check=True, capture_output=True)
