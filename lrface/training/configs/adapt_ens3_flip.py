@@ -1,4 +1,4 @@
-"""The shipped ensemble's three members (`adapt_ens3_lrview`) with mirror averaging only (no LR view, no gate
+"""The previously shipped ensemble's three members (`adapt_ens3_lrview`) with mirror averaging only (no LR view, no gate
 floor): what the ensemble buys without the test-time values picked on dev."""
 from dataclasses import replace
 

@@ -1,4 +1,5 @@
-"""The shipped embedder: an ensemble of three adapted models that share the frozen teacher (train_adapt.EnsembleMR:
+"""The previously shipped embedder (until `adapt_ens5_online_lrview` added two
+members): an ensemble of three adapted models that share the frozen teacher (train_adapt.EnsembleMR:
 the mean of their fused features), exported with the test-time options of `adapt_handmade_6k_lrview` (mirror
 averaging, the LR view at 32 px with weight 0.35, the gate floor 0.3):
 - member 1: `adapt_handmade_flip_6k` (hand-made LR, 6,000 updates, seed 0);

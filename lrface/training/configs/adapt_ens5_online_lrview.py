@@ -14,4 +14,4 @@ from dataclasses import replace
 from lrface.training.configs.adapt_handmade_6k_lrview import config as base
 
 config = replace(base, name="adapt_ens5_online_lrview", ensemble=5, fp16_weights=True,
-                 verify_threshold=0.5159)  # the shipped file's until this one is measured
+                 verify_threshold=0.5155)  # HR-LR at FAR 1e-3 on dev, measured on this file (lrface eval)
