@@ -188,3 +188,27 @@ def test_people_halves_split_the_identities_by_crc32_and_score_only_their_pairs(
     with pytest.raises(SystemExit):
         evaluate.main(["--data", str(dev_folder), "--model", str(model), "--people", "half"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_hr_lr_tar_by_capture_height_counts_each_groups_genuine_pairs_at_the_threshold(dev_folder, tmp_path, capsys):
+    # hand-made embeddings: identity 0's captures match their HR photos (score 1), identity 1's do not (score 0)
+    labels = np.array([0, 0, 1, 1, 2])
+    hr = np.eye(5, dtype=np.float32)[[0, 0, 1, 1, 2]]
+    lr = np.eye(5, dtype=np.float32)[[0, 0, 3, 3, 2]]
+    heights = np.array([20, 50, 26, 35, 40])
+    groups = evaluate.hr_lr_tar_by_height(hr, lr, labels, heights, threshold=0.5)
+    assert list(groups) == ["<24", "24-31", "32-41", ">=42"]
+    assert groups["<24"] == {"tar": 1.0, "captures": 1, "genuine_pairs": 1}   # capture 0, paired with HR 1
+    assert groups[">=42"] == {"tar": 1.0, "captures": 1, "genuine_pairs": 1}  # capture 1, paired with HR 0
+    assert groups["24-31"] == {"tar": 0.0, "captures": 1, "genuine_pairs": 1}  # identity 1: no match
+    assert groups["32-41"]["captures"] == 2 and groups["32-41"]["genuine_pairs"] == 1  # the lone identity pairs with nobody
+    # through lrface eval: the groups hold every capture and every genuine HR-LR pair of the folder
+    model = tmp_path / "linear.onnx"
+    linear_embedder_onnx(model)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--data", str(dev_folder), "--model", str(model), "--out", str(out), "--name", "h"]) == 0
+    metrics = json.loads((out / "metrics_h.json").read_text())
+    by_height = metrics["hr_lr_tar_by_height"]
+    assert sum(g["captures"] for g in by_height.values()) == metrics["images"]
+    assert sum(g["genuine_pairs"] for g in by_height.values()) == metrics["pairs"]["hr_lr"]["genuine"]
+    assert "HR-LR TAR at it by capture height" in capsys.readouterr().out

@@ -21,6 +21,8 @@ Protocols (scores are cosine similarities, computed as full matrices):
   probe identity's first HR image of another stem, every other identity's first HR image (single-image
   identities stay in as distractors). Probes are the LR captures of identities with at least two images.
 - verify_threshold: the HR-LR threshold at FAR 1e-3, the sidecar's "same person" cut-off.
+- hr_lr_tar_by_height: the HR-LR TAR at verify_threshold for captures under 24, 24-31, 32-41 and from 42 px high
+  (images.csv's lr_height of the pair's LR capture), with the captures and genuine pairs in each group.
 - --people even / odd: only the identities whose CRC-32 (of the UTF-8 name) is even / odd, a fixed split of the
   people into two halves that needs no seed. A change that helps on one folder should help on both halves; the
   model card's shipping rules read these.
@@ -53,6 +55,7 @@ FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 PROTOCOLS = ("hr_hr", "hr_lr", "lr_lr")
 PROTOCOL_LABELS = {"hr_hr": "HR-HR", "hr_lr": "HR-LR", "lr_lr": "LR-LR"}
 PEOPLE = ("all", "even", "odd")
+HEIGHT_EDGES = (24, 32, 42)  # capture-height groups of hr_lr_tar_by_height: <24, 24-31, 32-41, >=42 px
 
 
 def in_people(identity: str, people: str) -> bool:
@@ -154,6 +157,39 @@ def roc_curve(genuine: np.ndarray, impostor_desc: np.ndarray, points: int = 200)
     genuine_sorted = np.sort(genuine)
     tars = 1.0 - np.searchsorted(genuine_sorted, thresholds, side="right") / len(genuine)
     return fars, tars
+
+
+def height_groups(edges: Sequence[int] = HEIGHT_EDGES) -> list[tuple[str, int, int | None]]:
+    """(label, low, high) of each capture-height group: "<24", "24-31", "32-41", ">=42" for the default edges."""
+    bounds = [0, *edges, None]
+    return [(f"<{hi}" if lo == 0 else f">={lo}" if hi is None else f"{lo}-{hi - 1}", lo, hi)
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def hr_lr_tar_by_height(hr: np.ndarray, lr: np.ndarray, labels: np.ndarray, heights: np.ndarray,
+                        threshold: float) -> dict[str, dict]:
+    """TAR of the HR-LR genuine pairs (HR image i, LR capture j of another image of the same identity) at
+    `threshold`, grouped by the height of capture j (`height_groups`)."""
+    scores = hr @ lr.T
+    genuine = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
+    out = {}
+    for label, lo, hi in height_groups():
+        in_group = (heights >= lo) & (heights < hi if hi is not None else True)
+        pairs = genuine & in_group[None, :]
+        n = int(pairs.sum())
+        out[label] = {"tar": float(np.mean(scores[pairs] > threshold)) if n else float("nan"),
+                      "captures": int(in_group.sum()), "genuine_pairs": n}
+    return out
+
+
+def read_lr_heights(csv_path: Path, stems: Sequence[str]) -> np.ndarray | None:
+    """images.csv's lr_height of each stem, or None where the column is missing or not a whole number."""
+    with open(csv_path, newline="") as f:
+        rows = {row["stem"]: row.get("lr_height") for row in csv.DictReader(f)}
+    try:
+        return np.array([int(rows[s]) for s in stems])
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def rank1_lr_vs_hr(hr: np.ndarray, lr: np.ndarray, labels: np.ndarray) -> tuple[float, int, int]:
@@ -259,6 +295,10 @@ def evaluate_folder(data: Path, embed: EmbedFn, model: str, batch_size: int = 12
     embed_seconds = time.time() - t0
     scores = evaluate_embeddings(hr, lr, identities)
     curves = scores.pop("_curves")
+    heights = read_lr_heights(data / "images.csv", stems)
+    if heights is not None:
+        labels = np.unique(np.asarray(identities), return_inverse=True)[1].reshape(-1)
+        scores["hr_lr_tar_by_height"] = hr_lr_tar_by_height(hr, lr, labels, heights, scores["verify_threshold"])
     metrics: dict = {"model": model, "data": str(data), "people": people, "images": len(stems),
                      "identities": len(set(identities)), **scores,
                      "embed_seconds": round(embed_seconds, 2), "total_seconds": round(time.time() - t0, 2)}
@@ -291,6 +331,9 @@ def write_report(metrics: dict, name: str, out: Path, prog: str = "eval") -> dic
     print(header)
     print(row)
     print(f"verify_threshold: {metrics['verify_threshold']:.4f}  (cosine, FAR 1e-3 on HR-LR pairs)")
+    if "hr_lr_tar_by_height" in metrics:
+        print("HR-LR TAR at it by capture height: " + ", ".join(
+            f"{k} px {100 * v['tar']:.1f} % ({v['captures']} captures)" for k, v in metrics["hr_lr_tar_by_height"].items()))
     return metrics
 
 
