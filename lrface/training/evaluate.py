@@ -247,11 +247,13 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], name: str, path: 
     return True
 
 
-def evaluate_embeddings(hr: np.ndarray, lr: np.ndarray, identities: Sequence) -> dict:
+def evaluate_embeddings(hr: np.ndarray, lr: np.ndarray, identities: Sequence, heights: np.ndarray | None = None
+                        ) -> dict:
     """The metrics of the module docstring from embeddings: `hr[i]`, `lr[i]` embed the HR image i and its LR
     capture, `identities[i]` is its identity (strings or ints). Rows must be L2-normalised (scores are dot
     products). Returns `dim`, `tar_at_far`, `threshold_at_far`, `pairs`, `rank1_lr_vs_hr`, `rank1_probes`,
-    `rank1_gallery_size`, `verify_threshold` and `_curves` (ROC points per protocol, for `plot_roc`)."""
+    `rank1_gallery_size`, `verify_threshold`, `hr_lr_tar_by_height` (with `heights`, the LR captures' heights) and
+    `_curves` (ROC points per protocol, for `plot_roc`)."""
     hr, lr = np.asarray(hr, dtype=np.float32), np.asarray(lr, dtype=np.float32)
     _, labels = np.unique(np.asarray(identities), return_inverse=True)  # sorted identities -> 0..C-1
     labels = labels.reshape(-1)
@@ -279,6 +281,9 @@ def evaluate_embeddings(hr: np.ndarray, lr: np.ndarray, identities: Sequence) ->
     rank1, probes, gallery = rank1_lr_vs_hr(hr, lr, labels)
     metrics.update(rank1_lr_vs_hr=rank1, rank1_probes=probes, rank1_gallery_size=gallery,
                    verify_threshold=metrics["threshold_at_far"]["hr_lr"][far_key(1e-3)])
+    if heights is not None:  # the LR captures' heights in pixels
+        metrics["hr_lr_tar_by_height"] = hr_lr_tar_by_height(hr, lr, labels, np.asarray(heights),
+                                                             metrics["verify_threshold"])
     metrics["_curves"] = curves
     return metrics
 
@@ -293,12 +298,8 @@ def evaluate_folder(data: Path, embed: EmbedFn, model: str, batch_size: int = 12
         hr = embed_files(embed, hr_paths, batch_size, pool)
         lr = embed_files(embed, lr_paths, batch_size, pool)
     embed_seconds = time.time() - t0
-    scores = evaluate_embeddings(hr, lr, identities)
+    scores = evaluate_embeddings(hr, lr, identities, read_lr_heights(data / "images.csv", stems))
     curves = scores.pop("_curves")
-    heights = read_lr_heights(data / "images.csv", stems)
-    if heights is not None:
-        labels = np.unique(np.asarray(identities), return_inverse=True)[1].reshape(-1)
-        scores["hr_lr_tar_by_height"] = hr_lr_tar_by_height(hr, lr, labels, heights, scores["verify_threshold"])
     metrics: dict = {"model": model, "data": str(data), "people": people, "images": len(stems),
                      "identities": len(set(identities)), **scores,
                      "embed_seconds": round(embed_seconds, 2), "total_seconds": round(time.time() - t0, 2)}
