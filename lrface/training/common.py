@@ -162,6 +162,14 @@ def epoch_plan(n: int, batch_size: int, epochs: int, max_steps: int | None) -> E
     return EpochPlan(batch_size, steps_per_epoch, total_steps, stop_at)
 
 
+def plan_banner(steps_per_epoch: int, total_steps: int, device: torch.device, use_amp: bool,
+                resumed_at: int | None) -> str:
+    """The end of a trainer's start-up line: its schedule, device and the step a resumed run picks up at."""
+    return (f"{steps_per_epoch} steps/epoch, {total_steps} steps; device {device}"
+            f"{', bf16 autocast' if use_amp else ''}"
+            + (f"; resumed at step {resumed_at}" if resumed_at is not None else ""))
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

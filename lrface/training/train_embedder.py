@@ -34,9 +34,9 @@ from torch import nn
 from lrface.models.backbones import count_parameters, get_model
 from lrface.core.face import FACE_HEIGHT, FACE_WIDTH, lr_width_for_height
 from lrface.training.common import (MetricsLog, Progress, RunControl, add_run_flags, epoch_order,  # noqa: F401
-                             epoch_plan, fit, load_checkpoint, load_typed_config, pick_device, resolve_config,
-                             resume_checkpoint, save_checkpoint, set_learning_rate, setup_device, step_generator,
-                             to_device_uint8)  # some only re-exported: older imports from here keep working
+                             epoch_plan, fit, load_checkpoint, load_typed_config, pick_device, plan_banner,
+                             resolve_config, resume_checkpoint, save_checkpoint, set_learning_rate, setup_device,
+                             step_generator, to_device_uint8)  # some only re-exported: older imports from here keep working
 from lrface.training.configs.embedder_base import EmbedderConfig
 from lrface.core.files import list_images
 from lrface.training.data import load_face_folder
@@ -244,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train-embedder: mode {args.mode}, {n} faces of {len(identities)} identities, loaded in "
           f"{time.time() - t0:.1f}s; config {cfg.name}: {cfg.network} ({count_parameters(net) / 1e6:.2f} M params, "
           f"D={cfg.embedding_dim}), {cfg.margin} s={cfg.scale} m={cfg.margin_m}, batch {batch_size}, "
-          f"{steps_per_epoch} steps/epoch, {total_steps} steps; device {device}{', bf16 autocast' if use_amp else ''}"
-          + (f"; resumed at step {step}" if ckpt is not None else ""), flush=True)
+          + plan_banner(steps_per_epoch, total_steps, device, use_amp, step if ckpt is not None else None), flush=True)
 
     start = time.time()
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from lrface.models.backbones import count_parameters, get_model
 from lrface.models.ran import ModelMR
 from lrface.training.common import (MetricsLog, add_run_flags, epoch_order, epoch_plan, fit, load_checkpoint,
-                             load_typed_config, resolve_config, resume_checkpoint, save_checkpoint,
+                             load_typed_config, plan_banner, resolve_config, resume_checkpoint, save_checkpoint,
                              set_learning_rate, setup_device, step_generator, to_device_uint8)
 from lrface.training.configs.ran_base import RANConfig
 from lrface.core.files import list_images
@@ -260,9 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train-ran: {n} HR faces of {len(identities)} identities, {with_variants} with synthesized LR variants, "
           f"loaded in {time.time() - t0:.1f}s; config {cfg.name}: HR {branches['hr']['network']} + LR "
           f"{branches['lr']['network']} (D={model.dim}, {count_parameters(model) / 1e6:.2f} M params), feature loss "
-          f"{cfg.feature_loss} every {cfg.feature_every} updates, batch {batch_size} pairs, {steps_per_epoch} "
-          f"steps/epoch, {total_steps} steps; device {device}{', bf16 autocast' if use_amp else ''}"
-          + (f"; resumed at step {step}" if ckpt is not None else ""), flush=True)
+          f"{cfg.feature_loss} every {cfg.feature_every} updates, batch {batch_size} pairs, "
+          + plan_banner(steps_per_epoch, total_steps, device, use_amp, step if ckpt is not None else None), flush=True)
 
     start = time.time()
 
