@@ -5,6 +5,7 @@
     with Client("http://127.0.0.1:8000", api_key="...") as lr:
         variants = lr.synthesize("photo.jpg", variants=4, seed=1, align="auto")   # [Variant(image=HxWx3 uint8, ...)]
         vectors = lr.embed(["a.jpg", "b.png"])                                     # float32 [N, D]
+        fast = lr.embed("cctv.png", model="lite")                                 # the lite embedder
         result = lr.verify("enrolment.jpg", "cctv.png")                            # .similarity .same_person .threshold
         job = lr.wait(lr.submit_job("faces/", variants=2), progress=True)
         rows = lr.manifest(job)
@@ -279,7 +280,7 @@ class _Requests:
         return {"method": "POST", "url": "/v1/synthesize", "files": files, "data": data}
 
     @staticmethod
-    def embed(images, align) -> dict:
+    def embed(images, align, model) -> dict:
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)  # a stack of N images
         elif not isinstance(images, (list, tuple)):
@@ -287,16 +288,16 @@ class _Requests:
         files = [("images", _image_file(im, f"image{i}.png")) for i, im in enumerate(images)]
         if not files:
             raise ValueError("embed needs at least one image")
-        return {"method": "POST", "url": "/v1/embed", "files": files, "data": _form(align=align)}
+        return {"method": "POST", "url": "/v1/embed", "files": files, "data": _form(align=align, model=model)}
 
     @staticmethod
-    def verify(a, b, align) -> dict:
+    def verify(a, b, align, model) -> dict:
         files = {"image_a": _image_file(a, "a.png"), "image_b": _image_file(b, "b.png")}
-        return {"method": "POST", "url": "/v1/verify", "files": files, "data": _form(align=align)}
+        return {"method": "POST", "url": "/v1/verify", "files": files, "data": _form(align=align, model=model)}
 
     @staticmethod
     def job_params(params: dict) -> dict:
-        allowed = {"variants", "seed", "height", "min_height", "max_height", "canvas"}
+        allowed = {"kind", "model", "variants", "seed", "height", "min_height", "max_height", "canvas"}
         unknown = set(params) - allowed
         if unknown:
             raise TypeError(f"unknown job parameters: {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})")
@@ -345,18 +346,20 @@ class Client:
         return _parse_synthesis(self._send(**self._r.synthesize(image, variants, seed, height, min_height, max_height,
                                                                 align, canvas)).json())
 
-    def embed(self, images, align: str | None = None) -> np.ndarray:
-        """float32 [N, D] L2-normalised embeddings of one image or a list of them (align: see the server's docs)."""
-        body = self._send(**self._r.embed(images, align)).json()
+    def embed(self, images, align: str | None = None, model: str | None = None) -> np.ndarray:
+        """float32 [N, D] L2-normalised embeddings of one image or a list of them (align: see the server's docs;
+        model: "full", the server's default, or "lite")."""
+        body = self._send(**self._r.embed(images, align, model)).json()
         return np.asarray(body["embeddings"], dtype=np.float32).reshape(-1, body["dim"])
 
-    def verify(self, a, b, align: str | None = None) -> Verification:
-        return _parse_verification(self._send(**self._r.verify(a, b, align)).json())
+    def verify(self, a, b, align: str | None = None, model: str | None = None) -> Verification:
+        return _parse_verification(self._send(**self._r.verify(a, b, align, model)).json())
 
     def submit_job(self, folder_or_archive=None, *, input_dir: str | None = None, **params) -> Job:
         """Start a bulk job on a local folder (zipped and uploaded), a local zip / tar archive, archive bytes, or
-        (`input_dir=`) a folder under the server's data root. params: variants, seed, height, min_height,
-        max_height, canvas."""
+        (`input_dir=`) a folder under the server's data root. params: kind ("augment", the default, or "embed"),
+        and variants, seed, height, min_height, max_height, canvas for augmentation, model ("full" or "lite") for
+        embedding."""
         params = self._r.job_params(params)
         if input_dir is not None:
             return Job.from_json(self._send("POST", "/v1/jobs", json={"input_dir": input_dir, **params}).json())
@@ -436,12 +439,12 @@ class AsyncClient:
                                                          align, canvas))
         return _parse_synthesis(response.json())
 
-    async def embed(self, images, align: str | None = None) -> np.ndarray:
-        body = (await self._send(**self._r.embed(images, align))).json()
+    async def embed(self, images, align: str | None = None, model: str | None = None) -> np.ndarray:
+        body = (await self._send(**self._r.embed(images, align, model))).json()
         return np.asarray(body["embeddings"], dtype=np.float32).reshape(-1, body["dim"])
 
-    async def verify(self, a, b, align: str | None = None) -> Verification:
-        return _parse_verification((await self._send(**self._r.verify(a, b, align))).json())
+    async def verify(self, a, b, align: str | None = None, model: str | None = None) -> Verification:
+        return _parse_verification((await self._send(**self._r.verify(a, b, align, model))).json())
 
     async def submit_job(self, folder_or_archive=None, *, input_dir: str | None = None, **params) -> Job:
         params = self._r.job_params(params)

@@ -124,6 +124,38 @@ def test_verify_same_image_is_the_same_person(http, embedder_path):
     assert other["same_person"] == (other["similarity"] >= other["threshold"])
 
 
+def test_the_lite_embedder_by_name_in_embed_verify_and_embedding_jobs(http, server):
+    from lrface.core.embedder import Embedder
+    from lrface.core.face import read_image
+    from lrface.core.onnx_model import default_model_path
+
+    if not default_model_path("embedder_lite").is_file():
+        pytest.skip("the lite embedder is not in the tree")
+    lite = Embedder("lite", threads=1)
+    r = http.post("/v1/embed", files=[("images", _face(i)) for i in range(2)], data={"model": "lite"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_id"] == lite.model_id != http.post("/v1/embed", files=[("images", _face(0))]).json()["model_id"]
+    np.testing.assert_allclose(np.asarray(body["embeddings"]), lite.embed([read_image(HR_FACES[i]) for i in range(2)]),
+                               atol=1e-4)
+    verdict = http.post("/v1/verify", files={"image_a": _face(0), "image_b": _face(1)}, data={"model": "lite"}).json()
+    assert verdict["model_id"] == lite.model_id and verdict["threshold"] == pytest.approx(lite.verify_threshold)
+    bad = http.post("/v1/embed", files=[("images", _face(0))], data={"model": "huge"})
+    assert bad.status_code == 422 and bad.json()["error"] == "validation_error"
+    # an embedding job names its embedder too; an augmentation job given one is refused
+    sources = make_faces(server.tmp / "data" / "lite_faces", 4)
+    assert http.post("/v1/jobs", json={"input_dir": "lite_faces", "model": "lite"}).status_code == 422
+    r = http.post("/v1/jobs", json={"input_dir": "lite_faces", "kind": "embed", "model": "lite"})
+    assert r.status_code == 202, r.text
+    assert r.json()["params"] == {"kind": "embed", "model": "lite"}
+    done = _wait_job(http, r.json()["job_id"])
+    assert done["state"] == "succeeded", done
+    with np.load(Path(done["output_dir"]) / "embeddings.npz") as npz:
+        assert sorted(npz["paths"]) == sources
+        local = lite.embed([read_image(server.tmp / "data" / "lite_faces" / p) for p in npz["paths"]])
+        np.testing.assert_allclose(npz["embeddings"], local, atol=1e-4)
+
+
 def _wait_job(http, job_id: str, timeout: float = 120) -> dict:
     CREATED_JOBS.append(job_id)
     return wait_for(lambda: (j := http.get(f"/v1/jobs/{job_id}").json())["state"] in ("succeeded", "failed", "cancelled") and j,

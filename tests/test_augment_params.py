@@ -40,7 +40,9 @@ def test_a_job_s_parameters_are_augment_parameters_and_round_trip():
     assert job.as_dict() == {"kind": "augment", "variants": 4, "seed": 9, "height": None, "min_height": None,
                              "max_height": 30, "canvas": False}
     embed = JobParams.embedding()
-    assert embed.as_dict() == {"kind": "embed"} and JobParams.from_dict({"kind": "embed"}) == embed
+    assert embed.as_dict() == {"kind": "embed", "model": "full"} and JobParams.from_dict({"kind": "embed"}) == embed
+    lite = JobParams.embedding("lite")
+    assert JobParams.from_dict(lite.as_dict()) == lite and lite.model == "lite"
     with pytest.raises(ValueError):
         JobParams(2, 0, 200)
 

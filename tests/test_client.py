@@ -80,6 +80,9 @@ def test_embed_and_verify(client):
     assert same.similarity == pytest.approx(1.0, abs=1e-4) and same.same_person and 0 < same.threshold < 1
     other = client.verify(HR_FACES[0], HR_FACES[5])
     assert other.same_person == (other.similarity >= other.threshold)
+    lite = client.embed(HR_FACES[0], model="lite")  # the second shipped embedder, by name
+    assert lite.shape == single.shape and not np.allclose(lite, single, atol=1e-3)
+    assert client.verify(HR_FACES[0], HR_FACES[5], model="lite").threshold != other.threshold
 
 
 def test_job_from_a_local_folder_with_progress_and_manifest(client, tmp_path, capsys):
@@ -104,6 +107,9 @@ def test_job_from_an_archive_and_from_a_folder_on_the_server(client, server, tmp
     make_faces(server.tmp / "data" / "on-server", 2)
     done = client.wait(client.submit_job(input_dir="on-server", variants=1), progress=False, poll_interval=0.1, timeout=120)
     assert done.state == "succeeded" and done.raw["input"] == "on-server"
+    job = client.submit_job(input_dir="on-server", kind="embed", model="lite")  # an embedding job, by name
+    done = client.wait(job, progress=False, poll_interval=0.1, timeout=120)
+    assert done.state == "succeeded" and done.raw["params"] == {"kind": "embed", "model": "lite"}
 
 
 def test_errors_are_typed_and_carry_the_api_code(server, client):

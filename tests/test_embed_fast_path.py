@@ -97,6 +97,10 @@ def _requests() -> dict[str, tuple[bytes, bytes]]:
         "an unknown field too": _body([_file(), _field("note", b"hi")]),
         "two align fields": _body([_file(), _field("align", b"none"), _field("align", b"auto")]),
         "file too large": _body([_file(data=FACE + b"\0" * 70_000)]),
+        "model lite": _body([_file(), _field("model", b"lite")]),
+        "model full, align none": _body([_file(), _field("model", b"full"), _field("align", b"none")]),
+        "model bogus": _body([_file(), _field("model", b"huge")]),
+        "two model fields": _body([_file(), _field("model", b"lite"), _field("model", b"full")]),
     }
 
 
@@ -152,7 +156,10 @@ def test_fast_and_standard_paths_answer_alike(app, monkeypatch):
         else:
             assert g.json() == e.json(), name
     assert took_fast["one face"] and took_fast["three faces, align none"] and took_fast["align auto on a crop"]
+    assert took_fast["model lite"] and took_fast["model full, align none"]
+    assert got["model lite"].json()["model_id"].startswith("adapt_lite_")  # the lite embedder answered
+    assert got["model full, align none"].json()["model_id"] == got["one face"].json()["model_id"]
     assert took_fast["not an image"] and took_fast["empty file"]  # errors of the images themselves: same code
     for name in ("align bogus", "no images", "too many images", "an image field without a file name",
-                 "an unknown field too", "two align fields", "file too large"):
+                 "an unknown field too", "two align fields", "file too large", "model bogus", "two model fields"):
         assert not took_fast[name], f"{name}: should have been left to FastAPI"

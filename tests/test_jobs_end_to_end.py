@@ -79,7 +79,7 @@ def test_a_remote_client_submits_watches_lists_downloads_and_purges_jobs(service
     augment = _submit(a, archive, variants=2, seed=7)
     embed = _submit(a, archive, kind="embed")
     other = _submit(b, archive, kind="embed")
-    assert augment["kind"] == "augment" and embed["kind"] == "embed" and embed["params"] == {"kind": "embed"}
+    assert augment["kind"] == "augment" and embed["kind"] == "embed" and embed["params"] == {"kind": "embed", "model": "full"}
     assert augment["counts"] == {"total": N_FACES, "done": 0, "failed": 0}
     # Synthesis fields make no sense for an embedding job: a clear 422, no job.
     bad = a.post("/v1/jobs", files={"archive": ("faces.zip", archive, "application/zip")},

@@ -136,6 +136,12 @@ def test_web_demo_synthesizes_verifies_and_runs_a_job_with_an_api_key(server, br
     assert float(_text(browser, "verify-similarity")) == pytest.approx(1.0, abs=1e-3)
     assert 0 < float(_text(browser, "verify-threshold")) < 1
     assert _text(browser, "verify-decision") == "same person"
+    full_status = _text(browser, "verify-status")
+    # ... and with the lite embedder, chosen in the form: its own model answers.
+    browser.execute_script("document.getElementById('verify-model').value = 'lite'")
+    browser.find_element(By.ID, "verify-run").click()
+    _wait(browser, lambda d: (t := _text(d, "verify-status")).startswith("model ") and t != full_status, what="lite")
+    assert "lite" in _text(browser, "verify-status") and _text(browser, "verify-decision") == "same person"
 
     # 3. A job on a zip: the progress bar fills and the manifest is shown.
     archive = tmp_path / "faces.zip"

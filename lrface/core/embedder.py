@@ -1,10 +1,17 @@
 """Resolution-robust face embeddings: faces of any size -> L2-normalised float32 vectors (onnxruntime)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from lrface.core.face import FACE_HEIGHT, to_model_input
-from lrface.core.onnx_model import OnnxModel, check_faces
+from lrface.core.onnx_model import OnnxModel, check_faces, default_model_path
+
+# The shipped embedders, by the name `--model` (CLI), `model=` (API) and a job's `model` take -> the stem of their
+# files in lrface/models/weights/ (ONNX + JSON sidecar + model card .md). "full" is the default.
+EMBEDDER_MODELS = {"full": "embedder", "lite": "embedder_lite"}
+DEFAULT_EMBEDDER = "full"
 
 # Most faces an embed call may run on the caller's (event loop's) thread when `inline` is asked for.
 INLINE_MAX_ROWS = 4
@@ -16,6 +23,9 @@ class Embedder(OnnxModel):
     NAME, WHAT, INPUTS, OUTPUT = "embedder", "embedder", frozenset({"face"}), "embedding"
     DEFAULT_MAX_BATCH = 64
     BATCHER_NAME = "face embedder"
+
+    def __init__(self, model_path: str | Path | None = None, *args, **kwargs):
+        super().__init__(embedder_path(model_path), *args, **kwargs)
 
     def _read_meta(self, meta: dict) -> None:
         try:
@@ -69,3 +79,13 @@ class Embedder(OnnxModel):
     def embed(self, faces: list[np.ndarray]) -> np.ndarray:
         """float32 N x dim, each row L2-normalised; faces are uint8 RGB of any size (>= 8 px high)."""
         return self.run(self.prepare(faces))
+
+
+def embedder_path(model: str | Path | None) -> Path | None:
+    """An embedder file from what a user names: a shipped model's name (EMBEDDER_MODELS: "full", "lite") -> its
+    file in lrface/models/weights/; None -> None (the default, "full"); anything else is taken as a path."""
+    if model is None:
+        return None
+    if isinstance(model, str) and model in EMBEDDER_MODELS:
+        return default_model_path(EMBEDDER_MODELS[model])
+    return Path(model)

@@ -53,7 +53,12 @@ def _non_negative(text: str) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser, name: str, default_batch: int) -> None:
-    p.add_argument("--model", metavar="PATH", help=f"ONNX model (its JSON sidecar next to it); default: the shipped lrface/models/weights/{name}.onnx")
+    if name == "embedder":
+        p.add_argument("--model", metavar="NAME|PATH", help="a shipped embedder by name: full (the default, "
+                       "lrface/models/weights/embedder.onnx) or lite (embedder_lite.onnx: a third of the compute, "
+                       "see its model card), or the path of an ONNX model (its JSON sidecar next to it)")
+    else:
+        p.add_argument("--model", metavar="PATH", help=f"ONNX model (its JSON sidecar next to it); default: the shipped lrface/models/weights/{name}.onnx")
     p.add_argument("--batch-size", type=_positive, default=default_batch, metavar="N", help=f"faces per model call (default {default_batch})")
     p.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="execution provider (default auto: CUDA when available)")

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # --- models -------------------------------------------------------------------------------------
     mrgan_model_path: Path | None = Field(None, description="MR-GAN ONNX; None -> lrface/models/weights/mrgan.onnx")
     embedder_model_path: Path | None = Field(None, description="embedder ONNX; None -> lrface/models/weights/embedder.onnx")
+    embedder_lite_model_path: Path | None = Field(
+        None, description="the lite embedder's ONNX (`model=lite`); None -> lrface/models/weights/embedder_lite.onnx. "
+        "Loaded on the first request or job that names it")
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["auto"],
         description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', or onnxruntime provider names in order",

@@ -39,7 +39,7 @@ REQUEUE_PAUSE_S = 1.0
 
 _lock = threading.Lock()
 _synthesizer = None
-_embedder = None
+_embedders: dict = {}  # the worker's embedders by name (full, lite), each loaded on its first chunk
 _detector = None
 _store = None
 # Embedding jobs: each chunk's embeddings land in <output>/.parts/<chunk>.npz (written once, atomically); the
@@ -61,18 +61,17 @@ def get_synthesizer():
         return _synthesizer
 
 
-def get_embedder():
-    """The worker's one Embedder, loaded on the first embedding chunk."""
-    global _embedder
+def get_embedder(model: str = "full"):
+    """The worker's Embedder of that name (full or lite), loaded on the first embedding chunk that needs it."""
     with _lock:
-        if _embedder is None:
+        if model not in _embedders:
             from lrface.core.embedder import Embedder
 
             settings = get_settings()
-            _embedder = Embedder(settings.embedder_model_path, providers=settings.onnx_providers(),
-                                 threads=settings.threads, max_batch=settings.embed_max_batch,
-                                 spinning=settings.worker_ort_spinning)
-        return _embedder
+            path = settings.embedder_model_path if model == "full" else (settings.embedder_lite_model_path or model)
+            _embedders[model] = Embedder(path, providers=settings.onnx_providers(), threads=settings.threads,
+                                         max_batch=settings.embed_max_batch, spinning=settings.worker_ort_spinning)
+        return _embedders[model]
 
 
 def get_detector():
@@ -141,7 +140,7 @@ def _process_chunk(self, job_id: str, chunk_index: int, rel_paths: list[str]) ->
     params = _params(job)
     try:
         if params.kind == "embed":
-            results = _embed_chunk(store, job, chunk_index, rel_paths)
+            results = _embed_chunk(store, job, chunk_index, rel_paths, params.model)
         else:
             results = _augment_chunk(store, job, params, chunk_index, rel_paths)
     except TRANSIENT_ERRORS:
@@ -205,7 +204,8 @@ def _part_path(output_dir: str | Path, chunk_index: int) -> Path:
     return Path(output_dir) / PARTS_DIR / f"{chunk_index:06d}.npz"
 
 
-def _embed_chunk(store: JobStore, job: dict, chunk_index: int, rel_paths: list[str]) -> list[dict] | None:
+def _embed_chunk(store: JobStore, job: dict, chunk_index: int, rel_paths: list[str],
+                 model: str = "full") -> list[dict] | None:
     """The embeddings of one chunk, written once to its part file; a redelivered chunk reads the part back."""
     import io
     import json
@@ -217,7 +217,7 @@ def _embed_chunk(store: JobStore, job: dict, chunk_index: int, rel_paths: list[s
 
     job_id = job["job_id"]
     part = _part_path(job["output_dir"], chunk_index)
-    embedder = get_embedder()
+    embedder = get_embedder(model)
     store.mark_running(job_id, embedder.model_id)
     if part.is_file():
         with np.load(part) as npz:

@@ -45,7 +45,7 @@ import numpy as np
 
 from lrface.core.face import read_image
 from lrface.core.files import IMAGE_EXTENSIONS
-from lrface.core.embedder import Embedder
+from lrface.core.embedder import Embedder, embedder_path
 from lrface.core.onnx_model import ModelNotFoundError, default_model_path
 
 # list of uint8 RGB faces (any size) -> float32 N x D, rows L2-normalised
@@ -341,8 +341,8 @@ def write_report(metrics: dict, name: str, out: Path, prog: str = "eval") -> dic
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lrface eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="dev-style folder: hr/, lr/, images.csv")
-    p.add_argument("--model", help="embedder ONNX (face -> embedding; its JSON sidecar next to it); "
-                                   "default: the shipped lrface/models/weights/embedder.onnx")
+    p.add_argument("--model", metavar="NAME|PATH", help="a shipped embedder by name (full, the default, or lite) "
+                   "or an embedder ONNX (face -> embedding; its JSON sidecar next to it)")
     p.add_argument("--out", default="eval", help="where metrics_<name>.json and roc_<name>.png go (default ./eval)")
     p.add_argument("--name", help="name in file names and the table row (default: the model file's stem, "
                                   "with _even / _odd for a half)")
@@ -355,7 +355,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model = Path(args.model) if args.model else default_model_path("embedder")
+    model = embedder_path(args.model) or default_model_path("embedder")
     if not model.exists():
         raise SystemExit(f"eval: {model} not found")
     name = args.name or model.stem + ("" if args.people == "all" else f"_{args.people}")

@@ -20,7 +20,10 @@ from lrface.service.settings import Settings
 
 log = logging.getLogger("lrface.api")
 
-MODEL_NAMES = ("synthesizer", "embedder", "detector")
+MODEL_NAMES = ("synthesizer", "embedder", "detector")  # loaded at startup and checked by /readyz
+# the embedders by the name requests give (`model=`, lrface.core.embedder.EMBEDDER_MODELS) -> their key in
+# Services.models; the lite one is loaded on the first request that names it
+EMBEDDER_KEYS = {"full": "embedder", "lite": "embedder_lite"}
 
 
 @dataclass
@@ -52,8 +55,8 @@ class Services:
         if name == "synthesizer":
             return Synthesizer(s.mrgan_model_path, providers=s.onnx_providers(), threads=s.threads,
                                max_batch=s.synth_max_batch, **batching)
-        return Embedder(s.embedder_model_path, providers=s.onnx_providers(), threads=s.threads,
-                        max_batch=s.embed_max_batch, **batching)
+        path = s.embedder_model_path if name == "embedder" else (s.embedder_lite_model_path or "lite")
+        return Embedder(path, providers=s.onnx_providers(), threads=s.threads, max_batch=s.embed_max_batch, **batching)
 
     def model(self, name: str):
         """The loaded model, loading it now if needed; None (with the reason in `model_errors`) if it cannot be."""
@@ -138,7 +141,9 @@ def _model_dependency(name: str, what: str):
 
 
 get_synthesizer = _model_dependency("synthesizer", "MR-GAN synthesizer")
-get_embedder = _model_dependency("embedder", "face embedder")
+async def named_embedder(services: Services, model: str):
+    """The embedder a request names (`model=`: full or lite), loading it if needed; 503 when it cannot be."""
+    return await loaded_model(services, EMBEDDER_KEYS[model], "face embedder" if model == "full" else f"{model} face embedder")
 get_detector = _model_dependency("detector", "face detector")
 
 

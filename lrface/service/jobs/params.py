@@ -29,21 +29,22 @@ class JobParams(AugmentParams):
     whose synthesis fields are unused)."""
 
     kind: str = "augment"  # "embed": embeddings.npz of every face
+    model: str = "full"  # an embedding job's embedder (lrface.core.embedder.EMBEDDER_MODELS)
 
     @classmethod
-    def embedding(cls) -> "JobParams":
-        return cls(kind="embed")
+    def embedding(cls, model: str = "full") -> "JobParams":
+        return cls(kind="embed", model=model)
 
     @classmethod
     def from_dict(cls, p: dict) -> "JobParams":
         if p.get("kind") == "embed":
-            return cls.embedding()
+            return cls.embedding(p.get("model") or "full")  # (jobs stored before `model` existed: full)
         return cls(int(p["variants"]), int(p["seed"]), p.get("height"), p.get("min_height"), p.get("max_height"),
                    bool(p.get("canvas")))
 
     def as_dict(self) -> dict:
         if self.kind == "embed":
-            return {"kind": "embed"}
+            return {"kind": "embed", "model": self.model}
         return {"kind": self.kind, **self.synthesis()}
 
 

@@ -18,4 +18,4 @@ from dataclasses import replace
 from lrface.training.configs.adapt_handmade_6k_lrview import config as base
 
 config = replace(base, name="adapt_lite_s5_lrview", fp16_weights=True,
-                 verify_threshold=0.5105)  # member 1's value until this file is measured
+                 verify_threshold=0.5046)  # HR-LR at FAR 1e-3 on dev, measured by `lrface eval` on this file

@@ -136,6 +136,7 @@ $("verify-form").addEventListener("submit", async (e) => {
   form.append("image_a", a);
   form.append("image_b", b);
   if ($("verify-align").value) form.append("align", $("verify-align").value);
+  form.append("model", $("verify-model").value);
   try {
     const r = await api("POST", "/v1/verify", form);
     $("verify-similarity").textContent = r.similarity.toFixed(4);

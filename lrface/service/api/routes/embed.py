@@ -1,17 +1,18 @@
 """POST /v1/embed and POST /v1/verify: resolution-robust face embeddings and one-to-one verification."""
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.routing import APIRoute
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from lrface.service.api.deps import Services, ServicesDep, SettingsDep, get_embedder, loaded_model
+from lrface.service.api.deps import Services, ServicesDep, SettingsDep, named_embedder
 from lrface.service.api.errors import APIError
 from lrface.service.api.images import Align, check_pixel_budget, prepare_face, prepare_faces, read_upload, small_enough_inline
 from lrface.service.api.limits import run_batched
@@ -21,6 +22,17 @@ from lrface.core.embedder import Embedder
 from lrface.service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
+
+
+class EmbedderName(str, Enum):
+    """The shipped embedders (lrface.core.embedder.EMBEDDER_MODELS)."""
+    full = "full"
+    lite = "lite"
+
+
+MODEL_DESCRIPTION = ("which embedder: full (the default; the model card lrface/models/weights/embedder.md) or lite "
+                     "(a third of the compute, a little less accurate: embedder_lite.md). Embeddings of different "
+                     "models are not comparable: embed a gallery and its queries with the same one")
 
 
 class EmbedItem(BaseModel):
@@ -110,12 +122,13 @@ async def embed(
     request: Request,
     images: Annotated[list[UploadFile], File(description="face images")],
     align: Annotated[Align | None, Form(description=ALIGN_DESCRIPTION)] = None,
+    model: Annotated[EmbedderName, Form(description=MODEL_DESCRIPTION)] = EmbedderName.full,
 ) -> EmbedResponse:
     # (The shared objects straight from the app rather than through Depends: this is the hot path, and each
     # dependency costs FastAPI a resolution step per request.)
     services: Services = request.app.state.services
     settings = services.settings
-    embedder: Embedder = await loaded_model(services, "embedder", "face embedder")
+    embedder: Embedder = await named_embedder(services, model.value)
     if len(images) > settings.max_embed_images:  # (before reading any of them)
         raise APIError(413, "too_many_images", f"at most {settings.max_embed_images} images per request, got {len(images)}")
     datas = [await read_upload(u, settings.max_upload_bytes) for u in images]
@@ -140,9 +153,10 @@ async def _embed(services: Services, embedder: Embedder, filenames: list[str | N
     return EmbedResponse(model_id=embedder.model_id, dim=embedder.dim, embeddings=vectors.tolist(), items=items)
 
 
+_MODEL_VALUES = frozenset(m.value.encode() for m in EmbedderName)
 # Bodies up to this size may take the lean path (read whole into memory); larger ones are streamed by FastAPI.
 FAST_PATH_MAX_BODY = 1024 * 1024
-_EMBED_FIELDS = frozenset({"images", "align"})
+_EMBED_FIELDS = frozenset({"images", "align", "model"})
 
 
 async def _embed_fast(request: Request):
@@ -162,14 +176,17 @@ async def _embed_fast(request: Request):
     settings = services.settings
     files = [(name, value) for field, name, value in fields if field == "images"]
     aligns = [(name, value) for field, name, value in fields if field == "align"]
-    if not 0 < len(files) <= settings.max_embed_images or len(aligns) > 1:
+    models = [(name, value) for field, name, value in fields if field == "model"]
+    if not 0 < len(files) <= settings.max_embed_images or len(aligns) > 1 or len(models) > 1:
         return None  # (FastAPI's path answers these: 422 / 413 too_many_images)
     if any(not name or len(value) > settings.max_upload_bytes for name, value in files):
         return None  # (a file part without a name is not a file to FastAPI; 413 payload_too_large)
     if aligns and (aligns[0][0] is not None or aligns[0][1] not in (b"none", b"auto")):
         return None  # (422 validation_error)
+    if models and (models[0][0] is not None or models[0][1] not in _MODEL_VALUES):
+        return None  # (422 validation_error)
     align = Align(aligns[0][1].decode()) if aligns else None
-    embedder: Embedder = await loaded_model(services, "embedder", "face embedder")
+    embedder: Embedder = await named_embedder(services, models[0][1].decode() if models else "full")
     return await _embed(services, embedder, [name for name, _ in files], [value for _, value in files], align)
 
 
@@ -193,18 +210,19 @@ router.add_api_route("/embed", embed, methods=["POST"], response_model=EmbedResp
 @router.post("/verify", response_model=VerifyResponse, summary="are two faces the same person?",
              description="Upload `image_a` and `image_b`. The answer compares the cosine similarity of their embeddings "
                          "with the embedder's `verify_threshold`, read from the model's JSON sidecar "
-                         "(lrface/models/weights/embedder.json) and returned as `threshold`: `same_person` is "
+                         "(lrface/models/weights/embedder.json, embedder_lite.json for `model=lite`) and returned as `threshold`: `same_person` is "
                          "`similarity >= threshold`. Works across resolutions (an enrolment photo against a CCTV crop). "
                          "`align` as for /v1/embed: without it, an image not shaped like an aligned 112x96 crop has its "
-                         "face detected and aligned.")
+                         "face detected and aligned. `model` as for /v1/embed (each model has its own threshold).")
 async def verify(
     services: ServicesDep,
     settings: SettingsDep,
-    embedder: Annotated[Embedder, Depends(get_embedder)],
     image_a: Annotated[UploadFile, File()],
     image_b: Annotated[UploadFile, File()],
     align: Annotated[Align | None, Form(description=ALIGN_DESCRIPTION)] = None,
+    model: Annotated[EmbedderName, Form(description=MODEL_DESCRIPTION)] = EmbedderName.full,
 ) -> VerifyResponse:
+    embedder: Embedder = await named_embedder(services, model.value)
     _, vectors = await _embed_uploads(services, settings, embedder, [image_a, image_b], align, "verify")
     similarity = float(np.clip(np.dot(vectors[0], vectors[1]), -1.0, 1.0))
     return VerifyResponse(similarity=similarity, same_person=similarity >= embedder.verify_threshold,

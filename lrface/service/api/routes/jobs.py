@@ -48,6 +48,9 @@ class JobOptions(BaseModel):
     min_height: int | None = None
     max_height: int | None = None
     canvas: bool = Field(False, description="write 112x96 canvases instead of native LR sizes")
+    model: Literal["full", "lite"] | None = Field(
+        None, description="kind=embed only: which embedder, full (the default) or lite (a third of the compute), as "
+        "`model` of /v1/embed and `--model` of `lrface embed`")
 
 
 class JobCreate(JobOptions):
@@ -203,7 +206,8 @@ Start a bulk job over every face of a folder, a RecordIO dataset or an uploaded 
   `<jobs root>/<job_id>/<relative path without extension>_<k>.png` with a `manifest.jsonl`, exactly as
   `lrface augment` would.
 - `kind: "embed"`: `embeddings.npz` with `paths` and `embeddings`, exactly as `lrface embed` writes it, and a
-  `manifest.jsonl` (one `{"source", "row"}` line per embedded face). The synthesis fields do not apply. As
+  `manifest.jsonl` (one `{"source", "row"}` line per embedded face), by the embedder `model` names (`full`, the
+  default, or `lite`). The synthesis fields do not apply. As
   `lrface embed` and `/v1/embed` without `align`, an image shaped like an aligned 112x96 crop is taken as one and
   any other has its most prominent face detected and aligned first; an image where no face is found is a
   failure (`no_face` in `errors.jsonl`).
@@ -284,7 +288,7 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
         raise APIError(415, "unsupported_media_type", "send JSON (input_dir) or multipart/form-data (archive)")
 
     if options.kind == "embed":
-        params = JobParams.embedding()
+        params = JobParams.embedding(options.model or "full")
     else:
         seed = random_seed() if options.seed is None else options.seed
         params = JobParams(**_check_options(settings, services, options, seed).synthesis())
@@ -306,10 +310,13 @@ async def create_job(request: Request, services: ServicesDep, settings: Settings
 
 
 def _check_kind(options: JobOptions) -> None:
-    """The synthesis fields belong to augmentation jobs: an embedding job given one is refused (422)."""
+    """The synthesis fields belong to augmentation jobs and `model` to embedding jobs: a job given the other
+    kind's field is refused (422)."""
     given = sorted(set(options.model_fields_set) & set(_SYNTHESIS_FIELDS))
     if options.kind == "embed" and given:
         raise APIError(422, "validation_error", f"{', '.join(given)} apply to augmentation jobs, not to kind=embed")
+    if options.kind == "augment" and options.model is not None:
+        raise APIError(422, "validation_error", "model applies to embedding jobs (kind=embed), not to augmentation jobs")
 
 
 def _check_options(settings, services, options: JobOptions, seed: int = 0) -> AugmentParams:

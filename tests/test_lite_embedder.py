@@ -1,0 +1,75 @@
+"""The second shipped embedder, selectable by name: `lite` (lrface/models/weights/embedder_lite.onnx, one adapted
+model instead of the default's ensemble) through the inference core, `lrface embed --model lite` and
+`lrface eval --model lite`. The API's `model=` and embedding jobs' `model` are tested in test_api_endpoints.py."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lrface.core.embedder import DEFAULT_EMBEDDER, EMBEDDER_MODELS, Embedder, embedder_path
+from lrface.core.face import read_image
+from lrface.core.onnx_model import ModelNotFoundError, default_model_path
+from conftest import FIXTURES, HR_DIR, LR_DIR
+
+
+@pytest.fixture(scope="module")
+def lite():
+    path = default_model_path("embedder_lite")
+    if not path.is_file():
+        pytest.skip(f"{path} is not in the tree")
+    return Embedder("lite", threads=1)
+
+
+def test_names_resolve_to_the_shipped_files_and_anything_else_is_a_path(tmp_path):
+    assert DEFAULT_EMBEDDER == "full" and set(EMBEDDER_MODELS) == {"full", "lite"}
+    assert embedder_path("full") == default_model_path("embedder")
+    assert embedder_path("lite") == default_model_path("embedder_lite")
+    assert embedder_path(None) is None
+    assert embedder_path(str(tmp_path / "lite")) == tmp_path / "lite"
+    with pytest.raises(ModelNotFoundError, match="nothing.onnx"):
+        Embedder(tmp_path / "nothing.onnx")
+
+
+def test_lite_is_its_own_model_with_its_own_threshold_and_matches_across_resolutions(lite, embedder):
+    meta = json.loads(default_model_path("embedder_lite").with_suffix(".json").read_text())
+    assert lite.model_id == meta["model_id"] != embedder.model_id
+    assert lite.verify_threshold == meta["verify_threshold"] and lite.dim == embedder.dim == 128
+    identities = {row.split(",")[0]: row.split(",")[1] for row in (FIXTURES / "images.csv").read_text().splitlines()[1:]}
+    stems = sorted(identities)  # person/person_000k
+    hr = lite.embed([read_image(HR_DIR / f"{s}.jpg") for s in stems])
+    lr = lite.embed([read_image(LR_DIR / f"{s}.png") for s in stems])
+    np.testing.assert_allclose(np.linalg.norm(hr, axis=1), 1.0, atol=1e-5)
+    scores = hr @ lr.T  # an HR photo against every LR capture: its own person's captures score highest on average
+    same = np.array([[identities[a] == identities[b] for b in stems] for a in stems])
+    assert scores[same].mean() > scores[~same].mean() + 0.1
+    full = embedder.embed([read_image(HR_DIR / f"{s}.jpg") for s in stems])
+    assert not np.allclose(hr, full, atol=1e-3)  # a different model, not the default under another name
+
+
+def _lrface(*args):
+    return subprocess.run([sys.executable, "-m", "lrface.service.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_embed_and_eval_take_the_name(lite, tmp_path):
+    done = _lrface("embed", HR_DIR, "--out", tmp_path / "e.npz", "--model", "lite", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert lite.model_id in done.stdout
+    npz = np.load(tmp_path / "e.npz")
+    local = lite.embed([read_image(HR_DIR / p) for p in npz["paths"]])
+    np.testing.assert_allclose(npz["embeddings"], local, atol=1e-5)
+    data = tmp_path / "dev"
+    shutil.copytree(HR_DIR, data / "hr")
+    shutil.copytree(LR_DIR, data / "lr")
+    shutil.copy(FIXTURES / "images.csv", data / "images.csv")
+    done = _lrface("eval", "--data", data, "--model", "lite", "--out", tmp_path / "eval", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics_embedder_lite.json").read_text())
+    assert metrics["model"].endswith("embedder_lite.onnx") and metrics["people"] == "all"
+    wrong = _lrface("embed", HR_DIR, "--out", tmp_path / "x.npz", "--model", "huge")
+    assert wrong.returncode != 0 and "huge" in wrong.stderr and "Traceback" not in wrong.stderr
