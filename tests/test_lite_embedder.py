@@ -7,11 +7,12 @@ import json
 import shutil
 import subprocess
 import sys
+from typing import get_args
 
 import numpy as np
 import pytest
 
-from lrface.core.embedder import DEFAULT_EMBEDDER, EMBEDDER_MODELS, Embedder, embedder_path
+from lrface.core.embedder import DEFAULT_EMBEDDER, EMBEDDER_MODELS, Embedder, EmbedderName, embedder_path
 from lrface.core.face import read_image
 from lrface.core.onnx_model import ModelNotFoundError, default_model_path
 from conftest import FIXTURES, HR_DIR, LR_DIR
@@ -27,6 +28,7 @@ def lite():
 
 def test_names_resolve_to_the_shipped_files_and_anything_else_is_a_path(tmp_path):
     assert DEFAULT_EMBEDDER == "full" and set(EMBEDDER_MODELS) == {"full", "lite"}
+    assert get_args(EmbedderName) == tuple(EMBEDDER_MODELS)  # the API's field type names the same models
     assert embedder_path("full") == default_model_path("embedder")
     assert embedder_path("lite") == default_model_path("embedder_lite")
     assert embedder_path(None) is None

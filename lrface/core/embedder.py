@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from lrface.core.onnx_model import OnnxModel, check_faces, default_model_path
 # files in lrface/models/weights/ (ONNX + JSON sidecar + model card .md). "full" is the default.
 EMBEDDER_MODELS = {"full": "embedder", "lite": "embedder_lite"}
 DEFAULT_EMBEDDER = "full"
+EmbedderName = Literal["full", "lite"]  # EMBEDDER_MODELS' names, as the API's `model` fields take them
 
 # Most faces an embed call may run on the caller's (event loop's) thread when `inline` is asked for.
 INLINE_MAX_ROWS = 4

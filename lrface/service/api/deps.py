@@ -141,10 +141,13 @@ def _model_dependency(name: str, what: str):
 
 
 get_synthesizer = _model_dependency("synthesizer", "MR-GAN synthesizer")
+get_detector = _model_dependency("detector", "face detector")
+
+
 async def named_embedder(services: Services, model: str):
     """The embedder a request names (`model=`: full or lite), loading it if needed; 503 when it cannot be."""
-    return await loaded_model(services, EMBEDDER_KEYS[model], "face embedder" if model == "full" else f"{model} face embedder")
-get_detector = _model_dependency("detector", "face detector")
+    what = "face embedder" if model == "full" else f"{model} face embedder"
+    return await loaded_model(services, EMBEDDER_KEYS[model], what)
 
 
 async def get_job_store(services: ServicesDep) -> JobStore:

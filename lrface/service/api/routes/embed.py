@@ -1,7 +1,6 @@
 """POST /v1/embed and POST /v1/verify: resolution-robust face embeddings and one-to-one verification."""
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated
 
 import numpy as np
@@ -18,16 +17,10 @@ from lrface.service.api.images import Align, check_pixel_budget, prepare_face, p
 from lrface.service.api.limits import run_batched
 from lrface.service.api.multipart import parse_plain_multipart
 from lrface.service.api.routes.synthesize import FaceBox
-from lrface.core.embedder import Embedder
+from lrface.core.embedder import EMBEDDER_MODELS, Embedder, EmbedderName
 from lrface.service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
-
-
-class EmbedderName(str, Enum):
-    """The shipped embedders (lrface.core.embedder.EMBEDDER_MODELS)."""
-    full = "full"
-    lite = "lite"
 
 
 MODEL_DESCRIPTION = ("which embedder: full (the default; the model card lrface/models/weights/embedder.md) or lite "
@@ -122,13 +115,13 @@ async def embed(
     request: Request,
     images: Annotated[list[UploadFile], File(description="face images")],
     align: Annotated[Align | None, Form(description=ALIGN_DESCRIPTION)] = None,
-    model: Annotated[EmbedderName, Form(description=MODEL_DESCRIPTION)] = EmbedderName.full,
+    model: Annotated[EmbedderName, Form(description=MODEL_DESCRIPTION)] = "full",
 ) -> EmbedResponse:
     # (The shared objects straight from the app rather than through Depends: this is the hot path, and each
     # dependency costs FastAPI a resolution step per request.)
     services: Services = request.app.state.services
     settings = services.settings
-    embedder: Embedder = await named_embedder(services, model.value)
+    embedder: Embedder = await named_embedder(services, model)
     if len(images) > settings.max_embed_images:  # (before reading any of them)
         raise APIError(413, "too_many_images", f"at most {settings.max_embed_images} images per request, got {len(images)}")
     datas = [await read_upload(u, settings.max_upload_bytes) for u in images]
@@ -153,7 +146,7 @@ async def _embed(services: Services, embedder: Embedder, filenames: list[str | N
     return EmbedResponse(model_id=embedder.model_id, dim=embedder.dim, embeddings=vectors.tolist(), items=items)
 
 
-_MODEL_VALUES = frozenset(m.value.encode() for m in EmbedderName)
+_MODEL_VALUES = frozenset(name.encode() for name in EMBEDDER_MODELS)
 # Bodies up to this size may take the lean path (read whole into memory); larger ones are streamed by FastAPI.
 FAST_PATH_MAX_BODY = 1024 * 1024
 _EMBED_FIELDS = frozenset({"images", "align", "model"})
@@ -220,9 +213,9 @@ async def verify(
     image_a: Annotated[UploadFile, File()],
     image_b: Annotated[UploadFile, File()],
     align: Annotated[Align | None, Form(description=ALIGN_DESCRIPTION)] = None,
-    model: Annotated[EmbedderName, Form(description=MODEL_DESCRIPTION)] = EmbedderName.full,
+    model: Annotated[EmbedderName, Form(description=MODEL_DESCRIPTION)] = "full",
 ) -> VerifyResponse:
-    embedder: Embedder = await named_embedder(services, model.value)
+    embedder: Embedder = await named_embedder(services, model)
     _, vectors = await _embed_uploads(services, settings, embedder, [image_a, image_b], align, "verify")
     similarity = float(np.clip(np.dot(vectors[0], vectors[1]), -1.0, 1.0))
     return VerifyResponse(similarity=similarity, same_person=similarity >= embedder.verify_threshold,

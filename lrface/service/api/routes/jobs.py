@@ -22,6 +22,7 @@ from lrface.service.jobs.archives import ArchiveLimits, extract_archive
 from lrface.service.jobs.inputs import resolve_input_dir
 from lrface.service.jobs.lifecycle import owner_of, purge_job, remove_job_input, remove_tree, submit_job
 from lrface.service.jobs.params import JobInputError, JobParams, is_job_id, new_job_id
+from lrface.core.embedder import EmbedderName
 from lrface.core.files import MANIFEST_NAME
 from lrface.core.params import AugmentParams
 from lrface.core.recordio import starts_with_magic
@@ -48,7 +49,7 @@ class JobOptions(BaseModel):
     min_height: int | None = None
     max_height: int | None = None
     canvas: bool = Field(False, description="write 112x96 canvases instead of native LR sizes")
-    model: Literal["full", "lite"] | None = Field(
+    model: EmbedderName | None = Field(
         None, description="kind=embed only: which embedder, full (the default) or lite (a third of the compute), as "
         "`model` of /v1/embed and `--model` of `lrface embed`")
 
