@@ -57,6 +57,8 @@ def load_model(model_path: str | Path | None, name: str, what: str, providers: l
                 threads: int | None, spinning: bool | None = None) -> tuple[Path, ort.InferenceSession, dict]:
     path = Path(model_path) if model_path is not None else default_model_path(name)
     sidecar = path.with_suffix(".json")
+    if path.parent == default_model_path(name).parent:  # a shipped file (e.g. embedder_lite.onnx): named as it is
+        name = path.stem
     how = (f"The shipped {what} weights are lrface/models/weights/{name}.onnx + {name}.json (part of the lrface package); "
            f"otherwise export a checkpoint with `lrface export CKPT {name}.onnx` and pass its path "
            f"(--model on the command line).")
