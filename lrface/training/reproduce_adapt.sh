@@ -12,7 +12,8 @@
 #              adapt_mix_flip_6k, adapt_handmade_flip_6k_s2, adapt_online_flip_6k, adapt_online_flip_6k_s5: 6,000
 #              updates each, one after the other; STEPS does not apply); the export stage joins all five with the
 #              shipped export options (adapt_ens5_online_lrview: ensemble + mirror averaging + an LR view at 32 px +
-#              a gate floor; train-adapt --reexport), and the first three and first two with and without the
+#              a gate floor; train-adapt --reexport), member 5 alone with those options (adapt_lite_s5_lrview, the
+#              shipped lite file), and the first three and first two with and without the
 #              test-time options (adapt_ens3_lrview / adapt_ens3_flip, adapt_ens2_lrview / adapt_ens2_flip)
 #   ablations  the other rows, same budget (STEPS updates of 32 sources + 8 real captures), two runs at a time
 #   export     every run -> $RUNS/onnx/<config>.onnx, plus dlib alone through the chip warp ($RUNS/onnx/dlib.onnx)
@@ -78,10 +79,12 @@ for stage in "$@"; do
       srcs=() k=0  # the first k members as an ensemble (k = 2, 3, 5), once all their runs exist
       for m in $MEMBERS; do
         [ -f "$RUNS/$m/last.pt" ] || break
-        srcs+=("$RUNS/$m/last.pt") k=$((k + 1))
+        m_last="$RUNS/$m/last.pt"
+        srcs+=("$m_last") k=$((k + 1))
         case "$k" in
           2|3) configs="adapt_ens${k}_lrview adapt_ens${k}_flip" ;;
-          5) configs="adapt_ens5_online_lrview" ;;  # the shipped file
+          5) configs="adapt_ens5_online_lrview"  # the shipped file, and the lite file: member 5 alone
+             $PY -m lrface.training.train_adapt --reexport "$m_last" --config adapt_lite_s5_lrview --out "$RUNS/onnx/adapt_lite_s5_lrview.onnx" ;;
           *) continue ;;
         esac
         for c in $configs; do
