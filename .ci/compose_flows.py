@@ -1,7 +1,7 @@
 """The four user flows against a running `docker compose` stack, from outside (run by .ci/compose-test.sh):
 
 1. synthesize: LR variants of a face;
-2. embed + verify: embeddings of two faces, and a same-person decision;
+2. embed + verify: embeddings of two faces, and a same-person decision; one face with the lite embedder;
 3. a zip job to completion, with the stack's 2 workers both taking part, its outputs downloaded;
 4. a worker container SIGKILLed mid-job (`docker kill`): the job still succeeds, one output per (face, variant).
 """
@@ -92,7 +92,10 @@ def main() -> int:
     assert r.status_code == 200 and len(r.json()["embeddings"]) == 2, r.text
     r = http.post("/v1/verify", files={"image_a": face(2), "image_b": face(2)})
     assert r.status_code == 200 and r.json()["same_person"] is True, r.text
-    print(f"flow 2 (embed + verify): ok, {time.monotonic() - t:.1f} s", flush=True)
+    full_id = r.json()["model_id"]
+    r = http.post("/v1/embed", files=[("images", face(0))], data={"model": "lite"})  # the lite file is in the image
+    assert r.status_code == 200 and r.json()["model_id"] != full_id and len(r.json()["embeddings"]) == 1, r.text
+    print(f"flow 2 (embed + verify, and embed with model=lite): ok, {time.monotonic() - t:.1f} s", flush=True)
 
     # 3. a zip job to completion on the 2 workers
     t = time.monotonic()
