@@ -154,6 +154,7 @@ def test_the_lite_embedder_by_name_in_embed_verify_and_embedding_jobs(http, serv
         assert sorted(npz["paths"]) == sources
         local = lite.embed([read_image(server.tmp / "data" / "lite_faces" / p) for p in npz["paths"]])
         np.testing.assert_allclose(npz["embeddings"], local, atol=1e-4)
+        assert str(npz["model_id"]) == lite.model_id == done["model_id"]
 
 
 def _wait_job(http, job_id: str, timeout: float = 120) -> dict:

@@ -65,6 +65,7 @@ def test_cli_embed_and_eval_take_the_name(lite, tmp_path):
     npz = np.load(tmp_path / "e.npz")
     local = lite.embed([read_image(HR_DIR / p) for p in npz["paths"]])
     np.testing.assert_allclose(npz["embeddings"], local, atol=1e-5)
+    assert str(npz["model_id"]) == lite.model_id  # the file says which model wrote it
     data = tmp_path / "dev"
     shutil.copytree(HR_DIR, data / "hr")
     shutil.copytree(LR_DIR, data / "lr")
@@ -75,3 +76,21 @@ def test_cli_embed_and_eval_take_the_name(lite, tmp_path):
     assert metrics["model"].endswith("embedder_lite.onnx") and metrics["people"] == "all"
     wrong = _lrface("embed", HR_DIR, "--out", tmp_path / "x.npz", "--model", "huge")
     assert wrong.returncode != 0 and "huge" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_the_npz_records_its_model_and_the_jobs_block_writer_makes_the_same_file(tmp_path):
+    from lrface.core.embed import embeddings_npz_bytes, write_embeddings_from_parts
+
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((n, 4)).astype(np.float32) for n in (3, 0, 2)]
+    names = [[f"p{i}_{k}.png" for k in range(len(b))] for i, b in enumerate(blocks)]
+    parts = []
+    for i, (b, n) in enumerate(zip(blocks, names)):
+        parts.append(tmp_path / f"{i}.npz")
+        parts[-1].write_bytes(embeddings_npz_bytes(n, b))
+    write_embeddings_from_parts(tmp_path / "joined.npz", parts, "some-model-id")
+    (tmp_path / "whole.npz").write_bytes(embeddings_npz_bytes(sum(names, []), np.concatenate(blocks), "some-model-id"))
+    with np.load(tmp_path / "joined.npz") as a, np.load(tmp_path / "whole.npz") as b:
+        assert sorted(a.files) == sorted(b.files) == ["embeddings", "model_id", "paths"]
+        assert str(a["model_id"]) == str(b["model_id"]) == "some-model-id"
+        assert list(a["paths"]) == list(b["paths"]) and np.array_equal(a["embeddings"], b["embeddings"])

@@ -53,17 +53,19 @@ def embed_sources(embedder: Embedder, source, rel_paths: list[str], batch_size: 
     return paths, embeddings.astype(np.float32, copy=False), failures
 
 
-def embeddings_npz_bytes(paths: list[str], embeddings: np.ndarray) -> bytes:
-    """The .npz `lrface embed` writes: `paths` (str array) and `embeddings` (float32)."""
+def embeddings_npz_bytes(paths: list[str], embeddings: np.ndarray, model_id: str | None = None) -> bytes:
+    """The .npz `lrface embed` writes: `paths` (str array), `embeddings` (float32) and, when given, `model_id`
+    (a 0-d str array: the embedder that wrote them; embeddings of different models are not comparable)."""
     buf = io.BytesIO()
-    np.savez(buf, paths=np.array(paths, dtype=np.str_), embeddings=np.asarray(embeddings, dtype=np.float32))
+    extra = {} if model_id is None else {"model_id": np.array(model_id, dtype=np.str_)}
+    np.savez(buf, paths=np.array(paths, dtype=np.str_), embeddings=np.asarray(embeddings, dtype=np.float32), **extra)
     return buf.getvalue()
 
 
-def write_embeddings_from_parts(out: str | os.PathLike, parts: list[Path]) -> list[str]:
+def write_embeddings_from_parts(out: str | os.PathLike, parts: list[Path], model_id: str | None = None) -> list[str]:
     """The same .npz as `embeddings_npz_bytes` of the parts' rows joined in order (each part an .npz with
-    `paths` and `embeddings`), written block by block: one part's embeddings in memory at a time. Returns the
-    paths."""
+    `paths` and `embeddings`) and `model_id`, written block by block: one part's embeddings in memory at a time.
+    Returns the paths."""
     import zipfile
 
     paths: list[str] = []
@@ -88,6 +90,9 @@ def write_embeddings_from_parts(out: str | os.PathLike, parts: list[Path]) -> li
                 for part in parts:
                     with np.load(part) as npz:
                         f.write(np.ascontiguousarray(npz["embeddings"], dtype="<f4").tobytes())
+            if model_id is not None:
+                with zf.open("model_id.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.array(model_id, dtype=np.str_), allow_pickle=False)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -212,7 +212,7 @@ def main_synth(argv: list[str] | None = None) -> int:
 
 def main_embed(argv: list[str] | None = None) -> int:
     p = _Parser(prog="lrface embed", description="Embed every face of INPUT (a folder or a .rec) into an .npz with "
-                "`paths` (relative, '/'-separated) and `embeddings` (N x D float32, L2-normalised).")
+                "`paths` (relative, '/'-separated), `embeddings` (N x D float32, L2-normalised) and `model_id` (the embedder's).")
     p.add_argument("input_dir", metavar="INPUT", help="folder of faces (any sizes, walked recursively), or a RecordIO "
                    "DATA.rec (its DATA.idx beside it): paths are then <label>/<record id>")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
@@ -249,7 +249,7 @@ def main_embed(argv: list[str] | None = None) -> int:
         for r in read_failures:
             print(f"lrface embed: cannot read {r['source']}: {r['message']} ({r['reason']})", file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, embeddings_npz_bytes(paths, embeddings))
+        write_atomic(out, embeddings_npz_bytes(paths, embeddings, embedder.model_id))
         print(f"embed: {len(paths)} faces ({embedder.model_id}, dim {embedder.dim}) -> {out}; "
               f"{len(failures) + len(read_failures)} failed")
         return 0

@@ -271,7 +271,7 @@ def _finalize_job(self, job_id: str) -> str:
         remove_stray_temps(output_dir)
         write_errors(output_dir, store.failures(job_id))
         if params.kind == "embed":
-            _join_embeddings(output_dir, job["chunks_total"])
+            _join_embeddings(output_dir, job["chunks_total"], job.get("model_id"))
         else:
             write_manifest(get_synthesizer(), output_dir, store.sources(job_id), params)
     except TRANSIENT_ERRORS:
@@ -307,7 +307,7 @@ def _settle(output_dir: Path, job_id: str, changed: bool, state: str) -> None:
         remove_job_input(get_settings(), job_id)
 
 
-def _join_embeddings(output_dir: Path, chunks_total: int) -> None:
+def _join_embeddings(output_dir: Path, chunks_total: int, model_id: str | None = None) -> None:
     """embeddings.npz (and the manifest: one line per row) from the chunks' part files, in chunk order; then
     the parts go. Idempotent: when the parts are gone, a previous run wrote the file."""
     import shutil
@@ -320,7 +320,7 @@ def _join_embeddings(output_dir: Path, chunks_total: int) -> None:
     parts = [_part_path(output_dir, i) for i in range(chunks_total)]
     missing = [p.name for p in parts if not p.is_file()]
     if not missing:
-        paths = write_embeddings_from_parts(output_dir / EMBEDDINGS_NAME, parts)
+        paths = write_embeddings_from_parts(output_dir / EMBEDDINGS_NAME, parts, model_id)
     elif (output_dir / EMBEDDINGS_NAME).is_file():
         # A previous run wrote the whole file (it is renamed into place complete) and was removing the parts.
         with np.load(output_dir / EMBEDDINGS_NAME) as npz:

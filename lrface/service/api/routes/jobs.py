@@ -206,7 +206,7 @@ Start a bulk job over every face of a folder, a RecordIO dataset or an uploaded 
 - `kind: "augment"` (the default): every face gets `variants` LR variants, written by the workers to
   `<jobs root>/<job_id>/<relative path without extension>_<k>.png` with a `manifest.jsonl`, exactly as
   `lrface augment` would.
-- `kind: "embed"`: `embeddings.npz` with `paths` and `embeddings`, exactly as `lrface embed` writes it, and a
+- `kind: "embed"`: `embeddings.npz` with `paths`, `embeddings` and `model_id`, exactly as `lrface embed` writes it, and a
   `manifest.jsonl` (one `{"source", "row"}` line per embedded face), by the embedder `model` names (`full`, the
   default, or `lite`). The synthesis fields do not apply. As
   `lrface embed` and `/v1/embed` without `align`, an image shaped like an aligned 112x96 crop is taken as one and
