@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     def job_state_url(self) -> str | None:
         return self.redis_url or self.broker_url
 
+    def embedder_source(self, model: str) -> Path | str:
+        """What `Embedder` loads for a shipped embedder's name (full, lite): its *_MODEL_PATH setting when set, else
+        the name itself (the shipped file)."""
+        return {"full": self.embedder_model_path, "lite": self.embedder_lite_model_path}[model] or model
+
     def onnx_providers(self) -> list[str]:
         """Providers for onnxruntime: "auto" / "cpu" / "cuda" as `lrface --device` means them, or explicit names."""
         from lrface.core.onnx_model import execution_providers

@@ -68,8 +68,7 @@ def get_embedder(model: str = "full"):
             from lrface.core.embedder import Embedder
 
             settings = get_settings()
-            path = settings.embedder_model_path if model == "full" else (settings.embedder_lite_model_path or model)
-            _embedders[model] = Embedder(path, providers=settings.onnx_providers(), threads=settings.threads,
+            _embedders[model] = Embedder(settings.embedder_source(model), providers=settings.onnx_providers(), threads=settings.threads,
                                          max_batch=settings.embed_max_batch, spinning=settings.worker_ort_spinning)
         return _embedders[model]
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from lrface.core.embedder import EMBEDDER_MODELS
 from lrface.service.api.errors import APIError
 from lrface.service.api.metrics import Metrics
 from lrface.service.jobs.store import JobStore, redis_client
@@ -21,9 +22,8 @@ from lrface.service.settings import Settings
 log = logging.getLogger("lrface.api")
 
 MODEL_NAMES = ("synthesizer", "embedder", "detector")  # loaded at startup and checked by /readyz
-# the embedders by the name requests give (`model=`, lrface.core.embedder.EMBEDDER_MODELS) -> their key in
-# Services.models; the lite one is loaded on the first request that names it
-EMBEDDER_KEYS = {"full": "embedder", "lite": "embedder_lite"}
+# An embedder's key in Services.models is its file stem (lrface.core.embedder.EMBEDDER_MODELS: full -> "embedder",
+# lite -> "embedder_lite"); the lite one is loaded on the first request that names it.
 
 
 @dataclass
@@ -55,8 +55,8 @@ class Services:
         if name == "synthesizer":
             return Synthesizer(s.mrgan_model_path, providers=s.onnx_providers(), threads=s.threads,
                                max_batch=s.synth_max_batch, **batching)
-        path = s.embedder_model_path if name == "embedder" else (s.embedder_lite_model_path or "lite")
-        return Embedder(path, providers=s.onnx_providers(), threads=s.threads, max_batch=s.embed_max_batch, **batching)
+        model = next(m for m, stem in EMBEDDER_MODELS.items() if stem == name)
+        return Embedder(s.embedder_source(model), providers=s.onnx_providers(), threads=s.threads, max_batch=s.embed_max_batch, **batching)
 
     def model(self, name: str):
         """The loaded model, loading it now if needed; None (with the reason in `model_errors`) if it cannot be."""
@@ -147,7 +147,7 @@ get_detector = _model_dependency("detector", "face detector")
 async def named_embedder(services: Services, model: str):
     """The embedder a request names (`model=`: full or lite), loading it if needed; 503 when it cannot be."""
     what = "face embedder" if model == "full" else f"{model} face embedder"
-    return await loaded_model(services, EMBEDDER_KEYS[model], what)
+    return await loaded_model(services, EMBEDDER_MODELS[model], what)
 
 
 async def get_job_store(services: ServicesDep) -> JobStore:
