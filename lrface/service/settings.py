@@ -189,9 +189,12 @@ class Settings(BaseSettings):
         return self.redis_url or self.broker_url
 
     def embedder_source(self, model: str) -> Path | str:
-        """What `Embedder` loads for a shipped embedder's name (full, lite): its *_MODEL_PATH setting when set, else
-        the name itself (the shipped file)."""
-        return {"full": self.embedder_model_path, "lite": self.embedder_lite_model_path}[model] or model
+        """What `Embedder` loads for a shipped embedder's name (full, lite): its `<file stem>_model_path` setting
+        (`EMBEDDER_MODELS`: embedder_model_path, embedder_lite_model_path) when set, else the name itself (the
+        shipped file)."""
+        from lrface.core.embedder import EMBEDDER_MODELS
+
+        return getattr(self, f"{EMBEDDER_MODELS[model]}_model_path") or model
 
     def onnx_providers(self) -> list[str]:
         """Providers for onnxruntime: "auto" / "cpu" / "cuda" as `lrface --device` means them, or explicit names."""
