@@ -399,3 +399,42 @@ def test_reexport_joins_runs_into_an_ensemble(bundle, tmp_path):
         train_adapt.main(args + ["--out", str(tmp_path / "y"), "--config", "adapt_ens2_lrview", "--steps", "1"])
     with pytest.raises(SystemExit, match="is an ensemble; start from one member"):
         train_adapt.main(args + ["--out", str(tmp_path / "z"), "--steps", "1", "--init-from", str(ens)])
+
+
+def test_distill_targets_are_the_ensembles_fused_features_and_a_student_trains_on_them(bundle, tmp_path):
+    """distill_targets caches an ensemble's fused feature of every LR face and real capture (what its graph computes
+    before centring, mirror and view); a distill config trains on them and says which command makes them."""
+    from lrface.training import distill_targets
+
+    root, _ = bundle
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)  # the targets are written into the bundle
+    args = ["--data", str(data), "--threads", "1", "--batch-size", "4"]
+    for run, seed in (("a", "0"), ("b", "1")):
+        assert train_adapt.main(args + ["--out", str(tmp_path / run), "--steps", "1", "--seed", seed]) == 0
+    ens = tmp_path / "ens.onnx"
+    assert train_adapt.main(["--reexport", str(tmp_path / "a" / "last.pt"), str(tmp_path / "b" / "last.pt"),
+                             "--config", "adapt_ens2_flip", "--out", str(ens)]) == 0
+    student = ["--out", str(tmp_path / "student"), "--config", "adapt_distill_s5", "--steps", "2",
+               "--init-from", str(tmp_path / "a" / "last.pt")]
+    with pytest.raises(SystemExit, match="lacks.*ensemble_handmade.npy.*distill_targets --model MODEL"):
+        train_adapt.main(args + student)
+
+    assert distill_targets.main(["--model", str(ens), "--data", str(data), "--threads", "1", "--batch", "4"]) == 0
+    bundle_now = adapt_data.load(data)
+    assert bundle_now["ensemble_handmade"].shape == (7, 128) and bundle_now["ensemble_real"].shape == (6, 128)
+    assert bundle_now["meta"]["distill"]["ensemble"]["members"] == 2
+    assert not list(data.glob("*.partial.*"))
+    members = [train_adapt.Member(lr, gate) for lr, gate in distill_targets.members_of(ens)]
+    graph = train_adapt.EnsembleMR(train_adapt.DlibFaceModel.from_dat(), members).eval()
+    for images, got in (("lr_handmade", "ensemble_handmade"), ("real_lr", "ensemble_real")):
+        x = torch.from_numpy(np.array(bundle_now[images])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            np.testing.assert_allclose(bundle_now[got], graph(x).numpy(), atol=1e-4)
+
+    assert train_adapt.main(args + student) == 0
+    ckpt = load_checkpoint(tmp_path / "student" / "last.pt", "adapt")
+    assert ckpt["step"] == 2 and ckpt["config"]["distill_targets"] == "ensemble"
+    rows = (tmp_path / "student" / "metrics.csv").read_text().strip().splitlines()
+    header = rows[0].split(",")
+    assert all(float(r.split(",")[header.index("real_distill")]) > 0 for r in rows[1:])

@@ -61,7 +61,7 @@ from lrface.training.losses import MarginHead, margin_loss
 from lrface.training.train_embedder import export_embedding_module
 
 DIM = 128
-METRIC_FIELDS = ["step", "time", "lr", "loss", "feat", "contrast", "real_cls", "feat_lr", "cos_lr", "cls", "acc", "adv", "loss_d",
+METRIC_FIELDS = ["step", "time", "lr", "loss", "feat", "contrast", "real_cls", "real_distill", "feat_lr", "cos_lr", "cls", "acc", "adv", "loss_d",
                  "w_hr", "w_lr", "images_per_s"]
 
 
@@ -519,6 +519,19 @@ def main(argv: list[str] | None = None) -> int:
     hr_images, t_hr = data["hr"], data["teacher_hr"]
     lr_sets = MixedLR([data[f"lr_{k}"] for k in kinds], [data[f"teacher_{k}"] for k in kinds],
                       cfg.lr_kind_weights if cfg.lr_kinds else ())
+    distill = None  # a trained model's fused features of the bundle's LR faces (and real captures): the targets
+    if cfg.distill_targets:
+        names = [f"{cfg.distill_targets}_{k}" for k in kinds] + (
+            [f"{cfg.distill_targets}_real"] if cfg.distill_real_weight > 0 else [])
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise SystemExit(f"train-adapt: config {cfg.name} distills from targets the bundle lacks "
+                             f"({', '.join(m + '.npy' for m in missing)}); write them with: python -m "
+                             f"lrface.training.distill_targets --model MODEL --data {args.data} --name "
+                             f"{cfg.distill_targets} --kinds {' '.join(kinds)}")
+        distill = {"lr": MixedLR([data[f"{cfg.distill_targets}_{k}"] for k in kinds],
+                                 [data[f"{cfg.distill_targets}_{k}"] for k in kinds]),
+                   "real": data.get(f"{cfg.distill_targets}_real")}
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -652,6 +665,10 @@ def main(argv: list[str] | None = None) -> int:
             x[n_hr:] = photometric(x[n_hr:], cfg.photometric, rng)
         x = x * 2 - 1
         target = tensor(t_hr[idx])
+        if distill is not None:  # the LR faces' targets: the distilled model's features of the same faces
+            t_student = torch.from_numpy(distill["lr"].teacher(idx[n_hr:], kind_of)).to(device)
+            keep = slice(n_online, None)  # fresh LR faces have none cached: theirs stays the teacher's
+            target[n_hr:][keep] = t_student[keep]
         y = tensor(labels_all[idx])
         lr_now = learning_rate(cfg.lr, step, cfg.steps, cfg.warmup_steps)
         for group in optimizer.param_groups:
@@ -683,13 +700,17 @@ def main(argv: list[str] | None = None) -> int:
             same[torch.arange(len(pos)), pos] = False
             contrast = F.cross_entropy(logits.masked_fill(same, float("-inf")), pos)
             loss = loss + cfg.contrast_weight * contrast
-        real_cls = torch.zeros((), device=device)
+        real_cls = real_distill = torch.zeros((), device=device)
         if real is not None:  # real captures: tell their people apart (the target domain itself)
             ridx = np.sort(torch.randint(len(real["labels"]), (cfg.real_per_batch,), generator=rng).numpy())
             xr = tensor(real["images"][ridx]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            fr = lr_branch(xr) - gate.center
-            real_cls, _ = margin_loss(real["head"], fr, tensor(real["labels"][ridx]))
+            f_real = lr_branch(xr)
+            real_cls, _ = margin_loss(real["head"], f_real - gate.center, tensor(real["labels"][ridx]))
             loss = loss + cfg.real_weight * real_cls
+            if distill is not None and cfg.distill_real_weight > 0 and cfg.gate:
+                fused_r = gate(tensor(data["teacher_real"][ridx]), f_real)["fused"]
+                real_distill = (fused_r - tensor(distill["real"][ridx])).pow(2).sum(1).mean()
+                loss = loss + cfg.distill_real_weight * real_distill
         has_id = y >= 0
         cls, acc = (margin_loss(head["hr"], centred[has_id], y[has_id]) if bool(has_id.any())
                     else (torch.zeros((), device=device), torch.zeros((), device=device)))
@@ -724,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
                     if g is not None:
                         p.grad.add_(g, alpha=cfg.gate_task_weight)
             d_optimizer.step()
-        tensors = {"loss": loss, "feat": feat, "contrast": contrast, "real_cls": real_cls,
+        tensors = {"loss": loss, "feat": feat, "contrast": contrast, "real_cls": real_cls, "real_distill": real_distill,
                    "feat_lr": dist2[n_hr:].mean(), "cos_lr": cos[n_hr:].mean(),
                    "cls": cls, "acc": acc, "adv": adv, "loss_d": loss_d}
         if w is not None:

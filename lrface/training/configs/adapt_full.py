@@ -36,6 +36,13 @@ class AdaptConfig:
     # features of `real_per_batch` of them per update (0 = none; the bundle needs --real-lr)
     real_per_batch: int = 8
     real_weight: float = 0.5
+    # distillation from a trained model (an ensemble): the feature supervision's target for an LR face of the
+    # bundle becomes that model's fused feature of the same face (`<distill_targets>_<kind>.npy`, written into the
+    # bundle by `python -m lrface.training.distill_targets --name NAME`) instead of the teacher's feature of its HR
+    # source; HR faces keep theirs. Each real capture's fused feature is also pulled to the model's
+    # (`<distill_targets>_real.npy`, squared distance, weight `distill_real_weight`). "" = off
+    distill_targets: str = ""
+    distill_real_weight: float = 0.0
     cls_weight: float = 0.02  # CosFace on labelled faces (class centres start at the teacher's identity means);
     # 0.1 held the feature loss back in 160-update trials on the training data (train-side loss, not dev)
     margin: str = "cosface"
