@@ -36,15 +36,9 @@ DIM = 128
 def members_of(model: str | Path) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
     """The (Model_LR, gate) pairs of an adapt embedder file or checkpoint, in eval mode, gate floor off."""
     from lrface.training.configs.adapt_full import AdaptConfig
-    from lrface.training.train_adapt import CentredGate, adapt_checkpoint_from_onnx
+    from lrface.training.train_adapt import CentredGate, load_adapt_weights
 
-    model = Path(model)
-    if model.suffix == ".onnx":
-        ckpt = adapt_checkpoint_from_onnx(model)
-    else:
-        ckpt = torch.load(model, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or ckpt.get("kind") != "adapt":
-            raise ValueError(f"{model}: not an adapt checkpoint")
+    ckpt = load_adapt_weights(model)
     cfg = AdaptConfig(**ckpt["config"])
     pairs = []
     for m in [{"lr_branch": ckpt["lr_branch"], "gate": ckpt["gate"]}] + list(ckpt.get("more", [])):

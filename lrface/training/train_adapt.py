@@ -335,9 +335,9 @@ def reexport(srcs, config: str, out_path, take: list[int] | None = None) -> Path
                         "lr_branch": first["lr_branch"], "gate": first["gate"], "more": members[1:]}, out_path)
 
 
-def load_adapt_weights(src, cfg: AdaptConfig) -> dict:
+def load_adapt_weights(src, cfg: AdaptConfig | None = None) -> dict:
     """config, step, Model_LR's and the gate's weights of `src` (an adapt checkpoint, or an adapt embedder's ONNX
-    file); ValueError unless its architecture (ARCHITECTURE_FIELDS) is `cfg`'s."""
+    file); ValueError unless its architecture (ARCHITECTURE_FIELDS) is `cfg`'s (when given)."""
     src = Path(src)
     if src.suffix == ".onnx":
         ckpt = adapt_checkpoint_from_onnx(src)
@@ -345,6 +345,8 @@ def load_adapt_weights(src, cfg: AdaptConfig) -> dict:
         ckpt = torch.load(src, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict) or ckpt.get("kind") != "adapt":
             raise ValueError(f"{src}: not an adapt checkpoint")
+    if cfg is None:
+        return ckpt
     old = AdaptConfig(**ckpt["config"])
     differ = [f for f in ARCHITECTURE_FIELDS if getattr(old, f) != getattr(cfg, f)]
     if differ:
