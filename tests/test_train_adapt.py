@@ -432,9 +432,16 @@ def test_distill_targets_are_the_ensembles_fused_features_and_a_student_trains_o
         with torch.no_grad():
             np.testing.assert_allclose(bundle_now[got], graph(x).numpy(), atol=1e-4)
 
+    other = tmp_path / "a" / "last.pt"  # targets of another model under the same name are refused, not mixed
+    with pytest.raises(SystemExit, match="already holds targets named 'ensemble' from another model"):
+        distill_targets.main(["--model", str(other), "--data", str(data), "--threads", "1"])
+
     assert train_adapt.main(args + student) == 0
     ckpt = load_checkpoint(tmp_path / "student" / "last.pt", "adapt")
     assert ckpt["step"] == 2 and ckpt["config"]["distill_targets"] == "ensemble"
     rows = (tmp_path / "student" / "metrics.csv").read_text().strip().splitlines()
     header = rows[0].split(",")
     assert all(float(r.split(",")[header.index("real_distill")]) > 0 for r in rows[1:])
+    np.save(data / "ensemble_real.npy", np.zeros((2, 128), np.float32))  # rows that are not the bundle's captures
+    with pytest.raises(SystemExit, match="ensemble_real do not match its faces"):
+        train_adapt.main(args + student + ["--steps", "3"])

@@ -94,6 +94,10 @@ def build(model: str | Path, data: str | Path, name: str = "ensemble", kinds=("h
     model_id = json.loads(sidecar.read_text()).get("model_id") if sidecar.is_file() else None
     print(f"distill-targets: {len(pairs)} member(s) of {model} (sha256 {sha[:8]}…) -> {data}/{name}_*.npy",
           flush=True)
+    made = bundle["meta"].get("distill", {}).get(name)
+    if made and made["sha256"] != sha:
+        raise ValueError(f"{data} already holds targets named {name!r} from another model ({made['model']}, "
+                         f"sha256 {made['sha256'][:8]}…): pick another --name, or delete {data}/{name}_*.npy")
     jobs = [(kind, bundle[f"lr_{kind}"], bundle[f"teacher_{kind}"]) for kind in kinds]
     if "real_lr" in bundle:
         jobs.append(("real", bundle["real_lr"], bundle["teacher_real"]))

@@ -526,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         names = [f"{cfg.distill_targets}_{k}" for k in kinds] + (
             [f"{cfg.distill_targets}_real"] if cfg.distill_real_weight > 0 else [])
         missing = [n for n in names if n not in data]
+        stale = [n for n in names if n in data and len(data[n]) != len(data["real_lr" if n.endswith("_real")
+                                                                                else f"lr_{n.rsplit('_', 1)[1]}"])]
+        if stale:
+            raise SystemExit(f"train-adapt: the bundle's {', '.join(stale)} do not match its faces (made for another "
+                             "bundle?); write them again with python -m lrface.training.distill_targets")
         if missing:
             raise SystemExit(f"train-adapt: config {cfg.name} distills from targets the bundle lacks "
                              f"({', '.join(m + '.npy' for m in missing)}); write them with: python -m "
