@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrface.models.dlib_resnet import DlibFaceModel
 from lrface.training.adapt_data import LR_KINDS, load as load_bundle
 
 DIM = 128
@@ -35,20 +34,16 @@ DIM = 128
 
 def members_of(model: str | Path) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
     """The (Model_LR, gate) pairs of an adapt embedder file or checkpoint, in eval mode, gate floor off."""
+    from dataclasses import replace
+
     from lrface.training.configs.adapt_full import AdaptConfig
-    from lrface.training.train_adapt import CentredGate, load_adapt_weights
+    from lrface.training.train_adapt import load_adapt_weights, member_pair
 
     ckpt = load_adapt_weights(model)
-    cfg = AdaptConfig(**ckpt["config"])
-    pairs = []
-    for m in [{"lr_branch": ckpt["lr_branch"], "gate": ckpt["gate"]}] + list(ckpt.get("more", [])):
-        lr_branch = DlibFaceModel()
-        lr_branch.load_state_dict(m["lr_branch"])
-        gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
-        gate.load_state_dict(m["gate"])
-        gate.w_floor = 0.0  # training's gate: the floor is an export option
-        pairs.append((lr_branch.eval(), gate.eval()))
-    return pairs
+    cfg = replace(AdaptConfig(**ckpt["config"]), gate_floor=0.0)  # training's gate: the floor is an export option
+    pairs = [member_pair(cfg, m["lr_branch"], m["gate"], pretrained=False)
+             for m in [{"lr_branch": ckpt["lr_branch"], "gate": ckpt["gate"]}] + list(ckpt.get("more", []))]
+    return [(lr_branch.eval(), gate.eval()) for lr_branch, gate in pairs]
 
 
 @torch.inference_mode()
@@ -88,16 +83,16 @@ def build(model: str | Path, data: str | Path, name: str = "ensemble", kinds=("h
     for kind in kinds:
         if kind not in LR_KINDS:
             raise ValueError(f"LR kinds must be among {', '.join(LR_KINDS)}, not {kind!r}")
-    pairs = members_of(model)
     sha = hashlib.sha256(Path(model).read_bytes()).hexdigest()
-    sidecar = Path(model).with_suffix(".json")
-    model_id = json.loads(sidecar.read_text()).get("model_id") if sidecar.is_file() else None
-    print(f"distill-targets: {len(pairs)} member(s) of {model} (sha256 {sha[:8]}…) -> {data}/{name}_*.npy",
-          flush=True)
     made = bundle["meta"].get("distill", {}).get(name)
     if made and made["sha256"] != sha:
         raise ValueError(f"{data} already holds targets named {name!r} from another model ({made['model']}, "
                          f"sha256 {made['sha256'][:8]}…): pick another --name, or delete {data}/{name}_*.npy")
+    pairs = members_of(model)
+    sidecar = Path(model).with_suffix(".json")
+    model_id = json.loads(sidecar.read_text()).get("model_id") if sidecar.is_file() else None
+    print(f"distill-targets: {len(pairs)} member(s) of {model} (sha256 {sha[:8]}…) -> {data}/{name}_*.npy",
+          flush=True)
     jobs = [(kind, bundle[f"lr_{kind}"], bundle[f"teacher_{kind}"]) for kind in kinds]
     if "real_lr" in bundle:
         jobs.append(("real", bundle["real_lr"], bundle["teacher_real"]))

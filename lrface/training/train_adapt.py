@@ -206,6 +206,20 @@ class EnsembleMR(torch.nn.Module):
         return torch.stack(fused).mean(0)
 
 
+def member_pair(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: dict | None = None,
+                pretrained: bool = True) -> tuple[DlibFaceModel, CentredGate]:
+    """One (Model_LR, gate) pair of `cfg`'s architecture with the given weights (Model_LR: the teacher's when
+    `lr_state` is None and `pretrained`), the gate floor set to `cfg.gate_floor`."""
+    lr_branch = DlibFaceModel.from_dat() if pretrained else DlibFaceModel()
+    if lr_state is not None:
+        lr_branch.load_state_dict(lr_state)
+    gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
+    if gate_state is not None:
+        gate.load_state_dict(gate_state)
+    gate.w_floor = float(cfg.gate_floor)
+    return lr_branch, gate
+
+
 def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: dict | None = None,
                    pretrained: bool = True, more: list[dict] = ()) -> torch.nn.Module:
     """The exported network: ModelMR(teacher, Model_LR, centred gate), or Model_LR alone, or (`cfg.ensemble` > 1)
@@ -216,14 +230,7 @@ def build_embedder(cfg: AdaptConfig, lr_state: dict | None = None, gate_state: d
         return DlibFaceModel.from_dat() if pretrained else DlibFaceModel()
 
     def pair(lr: dict | None, gs: dict | None) -> tuple[DlibFaceModel, CentredGate]:
-        lr_branch = branch()
-        if lr is not None:
-            lr_branch.load_state_dict(lr)
-        gate = CentredGate(DIM, cfg.translator_hidden, cfg.discriminator_hidden, cfg.translator_scale)
-        if gs is not None:
-            gate.load_state_dict(gs)
-        gate.w_floor = float(cfg.gate_floor)
-        return lr_branch, gate
+        return member_pair(cfg, lr, gs, pretrained)
 
     if cfg.ensemble < 1 or (cfg.ensemble > 1 and not cfg.gate):
         raise ValueError(f"config {cfg.name}: ensemble must be >= 1, and an ensemble needs the gate")
@@ -523,11 +530,11 @@ def main(argv: list[str] | None = None) -> int:
                       cfg.lr_kind_weights if cfg.lr_kinds else ())
     distill = None  # a trained model's fused features of the bundle's LR faces (and real captures): the targets
     if cfg.distill_targets:
-        names = [f"{cfg.distill_targets}_{k}" for k in kinds] + (
-            [f"{cfg.distill_targets}_real"] if cfg.distill_real_weight > 0 else [])
-        missing = [n for n in names if n not in data]
-        stale = [n for n in names if n in data and len(data[n]) != len(data["real_lr" if n.endswith("_real")
-                                                                                else f"lr_{n.rsplit('_', 1)[1]}"])]
+        faces = {f"{cfg.distill_targets}_{k}": data[f"lr_{k}"] for k in kinds}  # targets -> the faces they are of
+        if cfg.distill_real_weight > 0:
+            faces[f"{cfg.distill_targets}_real"] = data.get("real_lr", ())
+        missing = [n for n in faces if n not in data]
+        stale = [n for n in faces if n in data and len(data[n]) != len(faces[n])]
         if stale:
             raise SystemExit(f"train-adapt: the bundle's {', '.join(stale)} do not match its faces (made for another "
                              "bundle?); write them again with python -m lrface.training.distill_targets")
