@@ -8,12 +8,13 @@
 #   data       the training bundle: HR sources, their MR-GAN / bicubic / hand-made LR versions, the real LR captures
 #              of lr-train with their identities, and the frozen teacher's embeddings of all of them
 #              (python -m lrface.training.adapt_data)
-#   train      the shipped embedder's weights: its five ensemble members (configs adapt_handmade_flip_6k,
-#              adapt_mix_flip_6k, adapt_handmade_flip_6k_s2, adapt_online_flip_6k, adapt_online_flip_6k_s5: 6,000
-#              updates each, one after the other; STEPS does not apply); the export stage joins all five with the
-#              shipped export options (adapt_ens5_online_lrview: ensemble + mirror averaging + an LR view at 32 px +
-#              a gate floor; train-adapt --reexport), member 5 alone with those options (adapt_lite_s5_lrview, the
-#              shipped lite file), and the first three and first two with and without the
+#   train      the shipped embedder's weights: its six ensemble members (configs adapt_handmade_flip_6k,
+#              adapt_mix_flip_6k, adapt_handmade_flip_6k_s2, adapt_online_flip_6k, adapt_online_flip_6k_s5,
+#              adapt_online_flip_6k_s6: 6,000 updates each, one after the other; STEPS does not apply); the export
+#              stage joins all six with the shipped export options (adapt_ens6_online_lrview: ensemble + mirror
+#              averaging + an LR view at 32 px + a gate floor; train-adapt --reexport), the first five with the same
+#              options (adapt_ens5_online_lrview, the previously shipped file), member 5 alone with those options
+#              (adapt_lite_s5_lrview, the shipped lite file), and the first three and first two with and without the
 #              test-time options (adapt_ens3_lrview / adapt_ens3_flip, adapt_ens2_lrview / adapt_ens2_flip)
 #   ablations  the other rows, same budget (STEPS updates of 32 sources + 8 real captures), two runs at a time
 #   export     every run -> $RUNS/onnx/<config>.onnx, plus dlib alone through the chip warp ($RUNS/onnx/dlib.onnx)
@@ -37,7 +38,7 @@ MRGAN_ONNX=${MRGAN_ONNX:-lrface/models/weights/mrgan.onnx}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RUNS/logs" "$RUNS/onnx" "$RUNS/eval"
-MEMBERS="adapt_handmade_flip_6k adapt_mix_flip_6k adapt_handmade_flip_6k_s2 adapt_online_flip_6k adapt_online_flip_6k_s5"  # the shipped ensemble's members, in its order
+MEMBERS="adapt_handmade_flip_6k adapt_mix_flip_6k adapt_handmade_flip_6k_s2 adapt_online_flip_6k adapt_online_flip_6k_s5 adapt_online_flip_6k_s6"  # the shipped ensemble's members, in its order
 ABLATIONS="adapt_full adapt_lr_mrgan adapt_lr_bicubic adapt_lr_handmade adapt_no_feature adapt_no_unlabeled adapt_no_real adapt_full_handmade adapt_full_mix adapt_full_handmade_real16"
 
 train() {  # $1 = config
@@ -76,15 +77,16 @@ for stage in "$@"; do
         $PY -m lrface.training.train_adapt --reexport "$RUNS/adapt_handmade_flip_6k/last.pt" \
           --config adapt_handmade_6k_lrview --out "$RUNS/onnx/adapt_handmade_6k_lrview.onnx"
       fi
-      srcs=() k=0  # the first k members as an ensemble (k = 2, 3, 5), once all their runs exist
+      srcs=() k=0  # the first k members as an ensemble (k = 2, 3, 5, 6), once all their runs exist
       for m in $MEMBERS; do
         [ -f "$RUNS/$m/last.pt" ] || break
         m_last="$RUNS/$m/last.pt"
         srcs+=("$m_last") k=$((k + 1))
         case "$k" in
           2|3) configs="adapt_ens${k}_lrview adapt_ens${k}_flip" ;;
-          5) configs="adapt_ens5_online_lrview"  # the shipped file, and the lite file: member 5 alone
+          5) configs="adapt_ens5_online_lrview"  # the previously shipped file, and the lite file: member 5 alone
              $PY -m lrface.training.train_adapt --reexport "$m_last" --config adapt_lite_s5_lrview --out "$RUNS/onnx/adapt_lite_s5_lrview.onnx" ;;
+          6) configs="adapt_ens6_online_lrview" ;;  # the shipped file
           *) continue ;;
         esac
         for c in $configs; do

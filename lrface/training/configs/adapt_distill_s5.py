@@ -6,7 +6,9 @@ teacher's feature of its HR source, and each real capture's fused feature is pul
 (`distill_targets`, `distill_real_weight`). HR faces keep the teacher's feature as target, so the gate keeps them.
 Exported with the lite file's test-time options (mirror averaging, LR view 32 px x 0.35, gate floor 0.3, float16).
 
-    python -m lrface.training.distill_targets --model lrface/models/weights/embedder.onnx --data runs/adapt-data
+    lrface train-adapt --reexport lrface/models/weights/embedder.onnx --members 1 2 3 4 5 \\
+        --config adapt_ens5_online_lrview --out ens5.onnx   # the five-member file it was taught by (shipped then)
+    python -m lrface.training.distill_targets --model ens5.onnx --data runs/adapt-data
     lrface train-adapt --config adapt_distill_s5 --init-from lrface/models/weights/embedder_lite.onnx \\
         --data runs/adapt-data --out runs/adapt_distill_s5 --threads 2
     lrface export runs/adapt_distill_s5/last.pt M.onnx

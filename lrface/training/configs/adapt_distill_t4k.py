@@ -6,7 +6,9 @@ That first student started from member 5 and lost HR-LR on dev (its docstring); 
 member had hurt before too, so this one learns from the ensemble from the start. Exported with the lite file's
 test-time options (mirror averaging, LR view 32 px x 0.35, gate floor 0.3, float16).
 
-    python -m lrface.training.distill_targets --model lrface/models/weights/embedder.onnx --data runs/adapt-data
+    lrface train-adapt --reexport lrface/models/weights/embedder.onnx --members 1 2 3 4 5 \\
+        --config adapt_ens5_online_lrview --out ens5.onnx   # the five-member file it was taught by (shipped then)
+    python -m lrface.training.distill_targets --model ens5.onnx --data runs/adapt-data
     lrface train-adapt --config adapt_distill_t4k --data runs/adapt-data --out runs/adapt_distill_t4k --threads 2
     lrface export runs/adapt_distill_t4k/last.pt M.onnx
 

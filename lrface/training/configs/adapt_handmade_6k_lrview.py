@@ -1,4 +1,4 @@
-"""An earlier shipped embedder, and the shipped ensemble's test-time options (`adapt_ens5_online_lrview` builds on
+"""An earlier shipped embedder, and the shipped ensemble's test-time options (`adapt_ens6_online_lrview` and `adapt_ens5_online_lrview` build on
 this config): the weights of `adapt_handmade_flip_6k` (the full model on hand-made LR, 6,000 updates),
 exported with two more test-time options on top of mirror averaging:
 - an LR view: + 0.35 x the unit embedding of the face seen as a 32-pixel capture (the median height of the real

@@ -1,5 +1,5 @@
-"""Member 3 of the shipped ensemble (`adapt_ens5_online_lrview`;
-before it `adapt_ens3_lrview`): `adapt_handmade_flip_6k` (hand-made LR, 6,000 updates, mirror
+"""Member 3 of the shipped ensemble (`adapt_ens6_online_lrview`; before it `adapt_ens5_online_lrview` and
+`adapt_ens3_lrview`): `adapt_handmade_flip_6k` (hand-made LR, 6,000 updates, mirror
 averaging) with seed 2 instead of 0: other batches, other initial gate and margin heads."""
 from dataclasses import replace
 
