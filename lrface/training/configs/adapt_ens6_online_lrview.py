@@ -4,10 +4,13 @@ updates at two threads):
 
     lrface train-adapt --config adapt_online_flip_6k_s6 --data runs/adapt-data --out runs/adapt_online_flip_6k_s6 \\
         --threads 2
-    lrface train-adapt --reexport lrface/models/weights/embedder.onnx runs/adapt_online_flip_6k_s6/last.pt \\
+    lrface train-adapt --reexport ens5.onnx runs/adapt_online_flip_6k_s6/last.pt \\
         --config adapt_ens6_online_lrview --out M.onnx
 
-(the shipped file's five members are read back from its graph).
+where `ens5.onnx` is the five-member file shipped before (commit e75dfd1, sha256 69adb42b…; its members are read
+back from its graph). The shipped file, now this one, gives the five-member file back byte for byte:
+`lrface train-adapt --reexport lrface/models/weights/embedder.onnx --members 1 2 3 4 5 --config
+adapt_ens5_online_lrview --out ens5.onnx`.
 
 Rule for shipping, written down before the run (2026-12-08): this file replaces the shipped `embedder.onnx` only if,
 against it, HR-LR (TAR at FAR 1e-3) and LR rank-1 both rise on both CRC-32 halves of the dev people
