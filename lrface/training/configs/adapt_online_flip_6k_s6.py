@@ -4,7 +4,8 @@ It was first planned beside `adapt_online_flip_6k_s7` (one thread each) for a se
 `adapt_ens7_online_lrview`, with the rule below. Before either run started (2026-12-08) the plan changed: one
 session's CPU time fits one member at two threads (0.72 s an update measured on a 40-update probe, so about 72
 minutes for 6,000), so this member trains alone and joins the shipped five as `adapt_ens6_online_lrview`, judged by
-the rule in that config's docstring. The seven-member rule stands for when `_s7` is trained too.
+the rule in that config's docstring (it held: shipped). The seven-member rule below was applied when `_s7` was
+trained in the next session (2026-12-08): it failed, so the six-member file stays.
 
 Rule for shipping the seven-member file, written down before the runs: `adapt_ens7_online_lrview` (the shipped five
 members + these two, the shipped test-time options) replaces the shipped file only if HR-LR (TAR at FAR 1e-3) and LR
