@@ -212,3 +212,112 @@ def test_hr_lr_tar_by_capture_height_counts_each_groups_genuine_pairs_at_the_thr
     assert sum(g["captures"] for g in by_height.values()) == metrics["images"]
     assert sum(g["genuine_pairs"] for g in by_height.values()) == metrics["pairs"]["hr_lr"]["genuine"]
     assert "HR-LR TAR at it by capture height" in capsys.readouterr().out
+
+
+def test_weighted_tar_with_unit_weights_is_tar_at_far_and_weights_move_it():
+    rng = np.random.default_rng(3)
+    genuine, impostor = rng.normal(1, 1, 500), rng.normal(0, 1, 20000)
+    desc = np.sort(impostor)[::-1]
+    ones_g, ones_i = np.ones(len(genuine)), np.ones(len(desc))
+    assert evaluate.weighted_tar_at_far(genuine, ones_g, desc, ones_i, evaluate.FARS) == \
+        [evaluate.tar_at_far(genuine, desc, far)[0] for far in evaluate.FARS]
+    # doubling every weight changes nothing; dropping the top impostors lowers the threshold, raising TAR
+    assert evaluate.weighted_tar_at_far(genuine, 2 * ones_g, desc, 2 * ones_i, [1e-3]) == \
+        evaluate.weighted_tar_at_far(genuine, ones_g, desc, ones_i, [1e-3])
+    fewer = ones_i.copy()
+    fewer[:100] = 0
+    assert evaluate.weighted_tar_at_far(genuine, ones_g, desc, fewer, [1e-3])[0] > \
+        evaluate.weighted_tar_at_far(genuine, ones_g, desc, ones_i, [1e-3])[0]
+
+
+def test_bootstrap_over_people_brackets_the_estimate_is_seeded_and_narrows_with_more_people():
+    def synthetic(people: int, seed: int):
+        rng = np.random.default_rng(seed)
+        labels = np.repeat(np.arange(people), 3)
+        centres = rng.normal(size=(people, 32))
+
+        def emb(noise):
+            x = centres[labels] + rng.normal(scale=noise, size=(len(labels), 32))
+            return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        return emb(0.8), emb(1.5), labels
+
+    hr, lr, labels = synthetic(200, 0)
+    m = evaluate.evaluate_embeddings(hr, lr, labels, bootstrap=100, seed=5)
+    b = m["bootstrap"]
+    assert (b["resamples"], b["seed"], b["level"], b["unit"]) == (100, 5, 0.95, "identities")
+    for p in evaluate.PROTOCOLS:
+        lo, hi = b["tar_at_far"][p]["1e-2"]
+        assert lo <= m["tar_at_far"][p]["1e-2"] <= hi and lo < hi
+    lo, hi = b["rank1_lr_vs_hr"]
+    assert lo <= m["rank1_lr_vs_hr"] <= hi
+    assert evaluate.evaluate_embeddings(hr, lr, labels, bootstrap=100, seed=5)["bootstrap"] == b  # same seed
+    assert evaluate.evaluate_embeddings(hr, lr, labels, bootstrap=100, seed=6)["bootstrap"] != b
+    assert "bootstrap" not in evaluate.evaluate_embeddings(hr, lr, labels)  # off by default
+    hr4, lr4, labels4 = synthetic(800, 1)
+    wide = np.diff(b["tar_at_far"]["hr_lr"]["1e-2"])[0]
+    narrow = np.diff(evaluate.evaluate_embeddings(hr4, lr4, labels4, bootstrap=100)["bootstrap"]["tar_at_far"]["hr_lr"]["1e-2"])[0]
+    assert narrow < wide  # four times the people: about half the width
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluate.bootstrap_intervals(hr, lr, labels, 1)
+
+
+def test_eval_bootstrap_flag_writes_intervals_and_prints_them(dev_folder, tmp_path, capsys):
+    model = tmp_path / "linear.onnx"
+    linear_embedder_onnx(model)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--data", str(dev_folder), "--model", str(model), "--out", str(out), "--name", "b",
+                          "--bootstrap", "20", "--seed", "3"]) == 0
+    metrics = json.loads((out / "metrics_b.json").read_text())
+    assert metrics["bootstrap"]["resamples"] == 20 and set(metrics["bootstrap"]["tar_at_far"]) == set(evaluate.PROTOCOLS)
+    assert "95 % intervals at FAR 1e-3, 20 resamples of the people (seed 3)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="at least 2 resamples"):
+        evaluate.main(["--data", str(dev_folder), "--model", str(model), "--out", str(out), "--bootstrap", "1"])
+
+
+def test_against_gives_paired_differences_zero_for_the_same_model_and_a_bracketing_interval_for_another():
+    rng = np.random.default_rng(7)
+    labels = np.repeat(np.arange(150), 3)
+    centres = rng.normal(size=(150, 32))
+
+    def emb(noise):
+        x = centres[labels] + rng.normal(scale=noise, size=(len(labels), 32))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    hr, lr, lr_worse = emb(0.8), emb(1.2), emb(1.6)
+    same = evaluate.evaluate_embeddings(hr, lr, labels, bootstrap=50, against=(hr, lr))["against"]
+    assert same["difference"]["tar_at_far"]["hr_lr"]["1e-2"] == 0.0 and same["difference"]["rank1_lr_vs_hr"] == 0.0
+    assert same["difference_interval"]["tar_at_far"]["hr_lr"]["1e-2"] == [0.0, 0.0]
+    m = evaluate.evaluate_embeddings(hr, lr, labels, bootstrap=200, seed=1, against=(hr, lr_worse))
+    a = m["against"]
+    base = evaluate.evaluate_embeddings(hr, lr_worse, labels)
+    assert a["tar_at_far"] == base["tar_at_far"] and a["rank1_lr_vs_hr"] == base["rank1_lr_vs_hr"]
+    d = a["difference"]["tar_at_far"]["hr_lr"]["1e-2"]
+    assert d == m["tar_at_far"]["hr_lr"]["1e-2"] - base["tar_at_far"]["hr_lr"]["1e-2"] and d > 0
+    lo, hi = a["difference_interval"]["tar_at_far"]["hr_lr"]["1e-2"]
+    assert lo <= d <= hi and lo > 0  # less noise in the captures: better on every resample of these people
+    assert a["difference_interval"]["tar_at_far"]["hr_hr"]["1e-2"] == [0.0, 0.0]  # same HR embeddings
+    assert "difference" not in m["bootstrap"]
+    # a model close to this one: the paired interval of the difference is narrower than half the model's own
+    lr_close = lr + rng.normal(scale=0.02, size=lr.shape).astype(np.float32)
+    lr_close /= np.linalg.norm(lr_close, axis=1, keepdims=True)
+    close = evaluate.evaluate_embeddings(hr, lr, labels, bootstrap=200, seed=1, against=(hr, lr_close))
+    c_lo, c_hi = close["against"]["difference_interval"]["tar_at_far"]["hr_lr"]["1e-2"]
+    own_lo, own_hi = close["bootstrap"]["tar_at_far"]["hr_lr"]["1e-2"]
+    assert c_hi - c_lo < (own_hi - own_lo) / 2
+    with pytest.raises(ValueError, match="same images"):
+        evaluate.evaluate_embeddings(hr, lr, labels, against=(hr[:10], lr[:10]))
+
+
+def test_eval_against_a_second_model_on_the_command_line(dev_folder, tmp_path, capsys):
+    model, other = tmp_path / "linear.onnx", tmp_path / "other" / "linear.onnx"
+    linear_embedder_onnx(model)
+    other.parent.mkdir()
+    linear_embedder_onnx(other, dim=6)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--data", str(dev_folder), "--model", str(model), "--out", str(out), "--name", "a",
+                          "--against", str(other), "--bootstrap", "10"]) == 0
+    metrics = json.loads((out / "metrics_a.json").read_text())
+    assert metrics["against"]["model"] == str(other) and "difference_interval" in metrics["against"]
+    assert f"against {other} (this minus that" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not found"):
+        evaluate.main(["--data", str(dev_folder), "--model", str(model), "--against", str(tmp_path / "nope.onnx")])

@@ -1,6 +1,7 @@
 """`lrface eval`: verification and identification metrics of an embedder ONNX model on a dev-style folder.
 
     lrface eval --data DIR --model embedder.onnx [--out DIR] [--name NAME] [--people all|even|odd]
+                [--bootstrap N [--seed S]] [--against M2.onnx]
 
 DIR holds `hr/<identity>/<name>.<ext>`, `lr/<identity>/<name>.<ext>` (an LR capture of each HR image, same stem)
 and `images.csv` (`stem,identity,lr_height,lr_width`). Runs on onnxruntime only (no torch) through the
@@ -26,6 +27,15 @@ Protocols (scores are cosine similarities, computed as full matrices):
 - --people even / odd: only the identities whose CRC-32 (of the UTF-8 name) is even / odd, a fixed split of the
   people into two halves that needs no seed. A change that helps on one folder should help on both halves; the
   model card's shipping rules read these.
+- --bootstrap N (off by default): a 95 % interval for every TAR and for rank-1 from N resamples of the *people*
+  (identities drawn with replacement, seed --seed): an identity drawn c times weighs c in its genuine pairs and
+  its probes, and c x c' in its impostor pairs with another drawn identity; each resample recomputes the
+  thresholds (the same k-th-highest rule on the weighted impostors) and the TARs at them; rank-1's gallery stays
+  as it is. It says how far a number could move on another set of people of the same kind.
+- --against M2: a second embedder scored on the same images; the JSON's "against" block holds its TARs and rank-1
+  and this model's minus its, and with --bootstrap the paired interval of each difference (both models on the same
+  resampled people), which is much narrower than either model's own interval: the way to tell whether one model
+  beats another on people like these.
 
 Writes `metrics_<name>.json` and `roc_<name>.png` under --out and prints a Markdown table row.
 """
@@ -194,20 +204,101 @@ def read_lr_heights(csv_path: Path, stems: Sequence[str]) -> np.ndarray | None:
 
 def rank1_lr_vs_hr(hr: np.ndarray, lr: np.ndarray, labels: np.ndarray) -> tuple[float, int, int]:
     """Closed-set rank-1 of LR probes against a one-image-per-identity HR gallery (see the module docstring)."""
+    correct, _, gallery = rank1_hits(hr, lr, labels)
+    return (float(correct.mean()) if len(correct) else float("nan")), len(correct), gallery
+
+
+def rank1_hits(hr: np.ndarray, lr: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """`rank1_lr_vs_hr` per probe: (whether each probe's best gallery match is its identity, the probes'
+    labels, the gallery size)."""
     classes = np.unique(labels)
     first = np.array([np.flatnonzero(labels == c)[0] for c in classes])
     second = np.array([(np.flatnonzero(labels == c)[1:2].tolist() or [-1])[0] for c in classes])
     counts = np.bincount(labels, minlength=len(classes))
     probes = np.flatnonzero(counts[labels] >= 2)
     if len(probes) == 0:
-        return float("nan"), 0, len(classes)
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=labels.dtype), len(classes)
     scores = lr[probes] @ hr[first].T  # [P, C]
     own = labels[probes]
     clash = first[own] == probes  # the gallery image of the probe's identity is the probe's own stem
     rows = np.flatnonzero(clash)
     scores[rows, own[rows]] = np.einsum("ij,ij->i", lr[probes[rows]], hr[second[own[rows]]])
     correct = scores.argmax(1) == own
-    return float(correct.mean()), len(probes), len(classes)
+    return correct, own, len(classes)
+
+
+def weighted_tar_at_far(genuine: np.ndarray, genuine_weight: np.ndarray, impostor_desc: np.ndarray,
+                        impostor_weight: np.ndarray, fars: Sequence[float]) -> list[float]:
+    """`tar_at_far` at each of `fars` with a weight on every pair (`impostor_weight` in `impostor_desc`'s order):
+    the threshold is the impostor score at which the weight above it first exceeds floor(FAR x the impostors'
+    total weight), TAR the weight of the genuine scores above it over theirs. With unit weights it is
+    `tar_at_far` exactly."""
+    cum = np.cumsum(impostor_weight)
+    total = genuine_weight.sum()
+    if len(cum) == 0 or cum[-1] <= 0 or total <= 0:
+        return [float("nan")] * len(fars)
+    out = []
+    for far in fars:
+        k = min(int(np.searchsorted(cum, np.floor(far * cum[-1]), side="right")), len(cum) - 1)
+        out.append(float(genuine_weight[genuine > impostor_desc[k]].sum() / total))
+    return out
+
+
+def bootstrap_draws(hr: np.ndarray, lr: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> dict:
+    """Every TAR at FAR (keys (protocol, far_key)) and rank-1 (key "rank1") under each row of `counts` (how many
+    times each identity 0..C-1 is drawn), as arrays of one value a resample (see the module docstring)."""
+    draws: dict = {}
+    n = len(labels)
+    same = labels[:, None] == labels[None, :]
+    for protocol, (a, b, symmetric) in {"hr_hr": (hr, hr, True), "hr_lr": (hr, lr, False),
+                                        "lr_lr": (lr, lr, True)}.items():
+        keep = np.triu(np.ones((n, n), dtype=bool), k=1) if symmetric else ~np.eye(n, dtype=bool)
+        scores = a @ b.T
+        gi, gj = np.nonzero(keep & same)
+        genuine, genuine_label = scores[gi, gj], labels[gi]
+        ii, jj = np.nonzero(keep & ~same)
+        impostor = scores[ii, jj]
+        order = np.argsort(impostor)[::-1]
+        impostor_desc, li, lj = impostor[order], labels[ii[order]], labels[jj[order]]
+        del scores, ii, jj, order
+        tars = np.array([weighted_tar_at_far(genuine, c[genuine_label], impostor_desc, c[li] * c[lj], FARS)
+                         for c in counts])
+        for k, far in enumerate(FARS):
+            draws[(protocol, far_key(far))] = tars[:, k]
+    correct, own, _ = rank1_hits(hr, lr, labels)
+    probe_weight = counts[:, own]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws["rank1"] = (probe_weight * correct).sum(1) / probe_weight.sum(1)
+    return draws
+
+
+def bootstrap_intervals(hr: np.ndarray, lr: np.ndarray, labels: np.ndarray, resamples: int, seed: int = 0,
+                        level: float = 0.95, against: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Percentile intervals (`level`) of every TAR at FAR and of rank-1 over `resamples` resamples of the
+    identities (see the module docstring). `labels` are 0..C-1. `against`: another model's (hr, lr) embeddings
+    of the same images; then "difference" holds the intervals of this model's value minus that one's, each
+    resample scoring both models on the same drawn people (a paired comparison)."""
+    if resamples < 2:
+        raise ValueError(f"bootstrap needs at least 2 resamples, got {resamples}")
+    rng = np.random.default_rng(seed)
+    n_classes = int(labels.max()) + 1
+    counts = rng.multinomial(n_classes, np.full(n_classes, 1.0 / n_classes), size=resamples).astype(np.float64)
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+
+    def interval(values: np.ndarray) -> list[float]:
+        v = values[np.isfinite(values)]
+        return [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if len(v) else [float("nan")] * 2
+
+    def intervals(draws: dict) -> dict:
+        return {"tar_at_far": {p: {far_key(f): interval(draws[(p, far_key(f))]) for f in FARS} for p in PROTOCOLS},
+                "rank1_lr_vs_hr": interval(draws["rank1"])}
+
+    draws = bootstrap_draws(hr, lr, labels, counts)
+    out = {"resamples": int(resamples), "seed": int(seed), "level": level, "unit": "identities", **intervals(draws)}
+    if against is not None:
+        other = bootstrap_draws(np.asarray(against[0], np.float32), np.asarray(against[1], np.float32), labels, counts)
+        out["difference"] = intervals({k: draws[k] - other[k] for k in draws})
+    return out
 
 
 def markdown_row(name: str, metrics: dict) -> tuple[str, str]:
@@ -247,13 +338,17 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], name: str, path: 
     return True
 
 
-def evaluate_embeddings(hr: np.ndarray, lr: np.ndarray, identities: Sequence, heights: np.ndarray | None = None
+def evaluate_embeddings(hr: np.ndarray, lr: np.ndarray, identities: Sequence, heights: np.ndarray | None = None,
+                        bootstrap: int = 0, seed: int = 0, against: tuple[np.ndarray, np.ndarray] | None = None
                         ) -> dict:
     """The metrics of the module docstring from embeddings: `hr[i]`, `lr[i]` embed the HR image i and its LR
     capture, `identities[i]` is its identity (strings or ints). Rows must be L2-normalised (scores are dot
     products). Returns `dim`, `tar_at_far`, `threshold_at_far`, `pairs`, `rank1_lr_vs_hr`, `rank1_probes`,
-    `rank1_gallery_size`, `verify_threshold`, `hr_lr_tar_by_height` (with `heights`, the LR captures' heights) and
-    `_curves` (ROC points per protocol, for `plot_roc`)."""
+    `rank1_gallery_size`, `verify_threshold`, `hr_lr_tar_by_height` (with `heights`, the LR captures' heights),
+    `bootstrap` (with `bootstrap` resamples > 0: `bootstrap_intervals`), `against` (with another model's (hr, lr)
+    embeddings of the same images: its `tar_at_far` and `rank1_lr_vs_hr`, this model's minus its as `difference`,
+    and with `bootstrap` the paired intervals of that difference as `difference_interval`) and `_curves` (ROC
+    points per protocol, for `plot_roc`)."""
     hr, lr = np.asarray(hr, dtype=np.float32), np.asarray(lr, dtype=np.float32)
     _, labels = np.unique(np.asarray(identities), return_inverse=True)  # sorted identities -> 0..C-1
     labels = labels.reshape(-1)
@@ -284,21 +379,43 @@ def evaluate_embeddings(hr: np.ndarray, lr: np.ndarray, identities: Sequence, he
     if heights is not None:  # the LR captures' heights in pixels
         metrics["hr_lr_tar_by_height"] = hr_lr_tar_by_height(hr, lr, labels, np.asarray(heights),
                                                              metrics["verify_threshold"])
+    if against is not None:
+        if len(against[0]) != len(hr) or len(against[1]) != len(lr):  # its dimension may differ
+            raise ValueError("the model compared against must embed the same images")
+        base = evaluate_embeddings(against[0], against[1], identities)
+        metrics["against"] = {
+            "tar_at_far": base["tar_at_far"], "rank1_lr_vs_hr": base["rank1_lr_vs_hr"],
+            "difference": {"tar_at_far": {p: {k: metrics["tar_at_far"][p][k] - v for k, v in d.items()}
+                                          for p, d in base["tar_at_far"].items()},
+                           "rank1_lr_vs_hr": rank1 - base["rank1_lr_vs_hr"]}}
+    if bootstrap:
+        metrics["bootstrap"] = bootstrap_intervals(hr, lr, labels, bootstrap, seed, against=against)
+        if against is not None:
+            metrics["against"]["difference_interval"] = metrics["bootstrap"].pop("difference")
     metrics["_curves"] = curves
     return metrics
 
 
-def evaluate_folder(data: Path, embed: EmbedFn, model: str, batch_size: int = 128, people: str = "all") -> dict:
+def evaluate_folder(data: Path, embed: EmbedFn, model: str, batch_size: int = 128, people: str = "all",
+                    bootstrap: int = 0, seed: int = 0, against: tuple[EmbedFn, str] | None = None) -> dict:
     """Embed a dev-style folder's HR and LR images (of `people`: all, or the even / odd half, `in_people`) with
     `embed` (see `embed_files`) and score them with `evaluate_embeddings`; `model` is what the metrics' "model"
-    field says."""
+    field says; `bootstrap`, `seed`: see `evaluate_embeddings`; `against`: (embed function, name) of a second
+    model scored on the same images and, with `bootstrap`, on the same resamples (`evaluate_embeddings`)."""
+    if bootstrap < 0 or bootstrap == 1:
+        raise ValueError(f"bootstrap must be 0 (off) or at least 2 resamples, got {bootstrap}")
     t0 = time.time()
     stems, identities, hr_paths, lr_paths = read_dev_folder(data, people)
     with ThreadPoolExecutor(max_workers=4) as pool:
         hr = embed_files(embed, hr_paths, batch_size, pool)
         lr = embed_files(embed, lr_paths, batch_size, pool)
+        other = None if against is None else (embed_files(against[0], hr_paths, batch_size, pool),
+                                              embed_files(against[0], lr_paths, batch_size, pool))
     embed_seconds = time.time() - t0
-    scores = evaluate_embeddings(hr, lr, identities, read_lr_heights(data / "images.csv", stems))
+    scores = evaluate_embeddings(hr, lr, identities, read_lr_heights(data / "images.csv", stems), bootstrap, seed,
+                                 other)
+    if against is not None:
+        scores["against"] = {"model": against[1], **scores["against"]}
     curves = scores.pop("_curves")
     metrics: dict = {"model": model, "data": str(data), "people": people, "images": len(stems),
                      "identities": len(set(identities)), **scores,
@@ -307,10 +424,15 @@ def evaluate_folder(data: Path, embed: EmbedFn, model: str, batch_size: int = 12
     return metrics
 
 
-def evaluate(data: Path, model: Path, batch_size: int = 128, threads: int | None = None, people: str = "all") -> dict:
-    """`evaluate_folder` with the inference core's `Embedder` on the ONNX `model` (+ its JSON sidecar)."""
+def evaluate(data: Path, model: Path, batch_size: int = 128, threads: int | None = None, people: str = "all",
+             bootstrap: int = 0, seed: int = 0, against: Path | None = None) -> dict:
+    """`evaluate_folder` with the inference core's `Embedder` on the ONNX `model` (+ its JSON sidecar), and on
+    `against` (another embedder ONNX) where given."""
     embedder = Embedder(model, threads=threads or None, max_batch=batch_size)
-    return evaluate_folder(data, embedder.embed, str(model), batch_size, people)
+    other = None
+    if against is not None:
+        other = (Embedder(against, threads=threads or None, max_batch=batch_size).embed, str(against))
+    return evaluate_folder(data, embedder.embed, str(model), batch_size, people, bootstrap, seed, other)
 
 
 def write_report(metrics: dict, name: str, out: Path, prog: str = "eval") -> dict:
@@ -335,6 +457,24 @@ def write_report(metrics: dict, name: str, out: Path, prog: str = "eval") -> dic
     if "hr_lr_tar_by_height" in metrics:
         print("HR-LR TAR at it by capture height: " + ", ".join(
             f"{k} px {100 * v['tar']:.1f} % ({v['captures']} captures)" for k, v in metrics["hr_lr_tar_by_height"].items()))
+    if "bootstrap" in metrics:
+        b, k = metrics["bootstrap"], far_key(1e-3)
+        print(f"{100 * b['level']:.0f} % intervals at FAR {k}, {b['resamples']} resamples of the people (seed "
+              f"{b['seed']}): " + ", ".join(
+                  f"{PROTOCOL_LABELS[p]} {100 * b['tar_at_far'][p][k][0]:.1f}-{100 * b['tar_at_far'][p][k][1]:.1f}"
+                  for p in PROTOCOLS)
+              + f", rank-1 {100 * b['rank1_lr_vs_hr'][0]:.1f}-{100 * b['rank1_lr_vs_hr'][1]:.1f} (%)")
+    if "against" in metrics:
+        a, k = metrics["against"], far_key(1e-3)
+        diff, ci = a["difference"], a.get("difference_interval")
+
+        def show(value: float, bounds: list[float] | None) -> str:
+            return f"{100 * value:+.2f}" + (f" [{100 * bounds[0]:+.2f}, {100 * bounds[1]:+.2f}]" if bounds else "")
+        print(f"against {a['model']} (this minus that, TAR at FAR {k}, points"
+              + (", with the paired 95 % interval" if ci else "") + "): " + ", ".join(
+                  f"{PROTOCOL_LABELS[p]} {show(diff['tar_at_far'][p][k], ci and ci['tar_at_far'][p][k])}"
+                  for p in PROTOCOLS)
+              + f", rank-1 {show(diff['rank1_lr_vs_hr'], ci and ci['rank1_lr_vs_hr'])}")
     return metrics
 
 
@@ -350,6 +490,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="score all identities (default) or the even / odd half by the CRC-32 of their names")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="also a 95 %% interval of every TAR and of rank-1 from N resamples of the people "
+                        "(identities drawn with replacement; 0, the default, skips it; 1000 take about 40 s on dev after the embedding)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+    p.add_argument("--against", metavar="NAME|PATH",
+                   help="a second embedder (name or ONNX) scored on the same images: the JSON and the printout "
+                        "give this model's values minus its, and with --bootstrap a paired 95 %% interval of each "
+                        "difference (both models on the same resampled people)")
     return p.parse_args(argv)
 
 
@@ -360,7 +508,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"eval: {model} not found")
     name = args.name or model.stem + ("" if args.people == "all" else f"_{args.people}")
     try:
-        metrics = evaluate(Path(args.data), model, args.batch_size, args.threads, args.people)
+        against = None
+        if args.against:
+            against = embedder_path(args.against)
+            if against is None or not against.exists():
+                raise SystemExit(f"eval: {args.against} not found (--against takes full, lite or an ONNX file)")
+        metrics = evaluate(Path(args.data), model, args.batch_size, args.threads, args.people, args.bootstrap,
+                           args.seed, against)
     except (ModelNotFoundError, ValueError) as exc:  # no sidecar, not the embedder contract, bad arguments
         raise SystemExit(f"eval: {exc}") from None
     write_report(metrics, name, Path(args.out))
