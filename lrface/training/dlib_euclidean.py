@@ -18,7 +18,7 @@ import torch
 
 from lrface.models.dlib_resnet import DlibFaceModel
 from lrface.core.face import read_image, to_model_input
-from lrface.training.evaluate import FARS, rank1_lr_vs_hr, read_dev_folder, tar_at_far
+from lrface.training.evaluate import FARS, pair_masks, protocol_sets, rank1_lr_vs_hr, read_dev_folder, tar_at_far
 
 
 def descriptors(model: torch.nn.Module, paths: list[Path], batch: int = 64) -> np.ndarray:
@@ -32,10 +32,8 @@ def descriptors(model: torch.nn.Module, paths: list[Path], batch: int = 64) -> n
 def euclidean_pair_scores(a: np.ndarray, b: np.ndarray, labels: np.ndarray, symmetric: bool):
     """Genuine and impostor scores (minus the distance) over the pairs lrface.training.evaluate.pair_scores uses."""
     d = np.sqrt(np.maximum((a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None] - 2 * a @ b.T, 0))
-    same = labels[:, None] == labels[None, :]
-    n = len(labels)
-    keep = np.triu(np.ones((n, n), bool), 1) if symmetric else ~np.eye(n, dtype=bool)
-    return -d[keep & same], -d[keep & ~same]
+    genuine, impostor = pair_masks(labels, symmetric)
+    return -d[genuine], -d[impostor]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     model = DlibFaceModel.from_dat()
     hr, lr = descriptors(model, hr_paths), descriptors(model, lr_paths)
     cells = []
-    for a, b, symmetric in ((hr, hr, True), (hr, lr, False), (lr, lr, True)):
+    for a, b, symmetric in protocol_sets(hr, lr).values():
         genuine, impostor = euclidean_pair_scores(a, b, labels, symmetric)
         impostor = np.sort(impostor)[::-1]
         cells.append(" / ".join(f"{100 * tar_at_far(genuine, impostor, far)[0]:.1f}" for far in FARS))

@@ -134,17 +134,26 @@ def embed_files(embed: EmbedFn, paths: list[Path], batch_size: int, pool: Thread
 # ---------------------------------------------------------------------------------------------------------------
 # metrics
 
+def protocol_sets(hr: np.ndarray, lr: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, bool]]:
+    """(gallery, probe, symmetric) of each protocol in PROTOCOLS."""
+    return {"hr_hr": (hr, hr, True), "hr_lr": (hr, lr, False), "lr_lr": (lr, lr, True)}
+
+
+def pair_masks(labels: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean N x N masks of the genuine and the impostor pairs; `symmetric`: pairs i < j of one set, else all
+    (i, j) with i != j."""
+    n = len(labels)
+    keep = np.triu(np.ones((n, n), dtype=bool), k=1) if symmetric else ~np.eye(n, dtype=bool)
+    same = labels[:, None] == labels[None, :]
+    return keep & same, keep & ~same
+
+
 def pair_scores(gallery: np.ndarray, probe: np.ndarray, labels: np.ndarray, symmetric: bool
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Genuine and impostor cosine scores; `symmetric`: pairs i < j of one set, else all (i, j) with i != j."""
+    """Genuine and impostor cosine scores over `pair_masks`."""
     scores = gallery @ probe.T
-    same = labels[:, None] == labels[None, :]
-    n = len(labels)
-    if symmetric:
-        keep = np.triu(np.ones((n, n), dtype=bool), k=1)
-    else:
-        keep = ~np.eye(n, dtype=bool)
-    return scores[keep & same], scores[keep & ~same]
+    genuine, impostor = pair_masks(labels, symmetric)
+    return scores[genuine], scores[impostor]
 
 
 def tar_at_far(genuine: np.ndarray, impostor_desc: np.ndarray, far: float) -> tuple[float, float]:
@@ -248,15 +257,12 @@ def bootstrap_draws(hr: np.ndarray, lr: np.ndarray, labels: np.ndarray, counts: 
     """Every TAR at FAR (keys (protocol, far_key)) and rank-1 (key "rank1") under each row of `counts` (how many
     times each identity 0..C-1 is drawn), as arrays of one value a resample (see the module docstring)."""
     draws: dict = {}
-    n = len(labels)
-    same = labels[:, None] == labels[None, :]
-    for protocol, (a, b, symmetric) in {"hr_hr": (hr, hr, True), "hr_lr": (hr, lr, False),
-                                        "lr_lr": (lr, lr, True)}.items():
-        keep = np.triu(np.ones((n, n), dtype=bool), k=1) if symmetric else ~np.eye(n, dtype=bool)
+    for protocol, (a, b, symmetric) in protocol_sets(hr, lr).items():
+        genuine_mask, impostor_mask = pair_masks(labels, symmetric)
         scores = a @ b.T
-        gi, gj = np.nonzero(keep & same)
+        gi, gj = np.nonzero(genuine_mask)
         genuine, genuine_label = scores[gi, gj], labels[gi]
-        ii, jj = np.nonzero(keep & ~same)
+        ii, jj = np.nonzero(impostor_mask)
         impostor = scores[ii, jj]
         order = np.argsort(impostor)[::-1]
         impostor_desc, li, lj = impostor[order], labels[ii[order]], labels[jj[order]]
@@ -361,8 +367,7 @@ def evaluate_embeddings(hr: np.ndarray, lr: np.ndarray, identities: Sequence, he
 
     metrics: dict = {"dim": int(hr.shape[1]), "tar_at_far": {}, "threshold_at_far": {}, "pairs": {}}
     curves = {}
-    for protocol, (a, b, symmetric) in {"hr_hr": (hr, hr, True), "hr_lr": (hr, lr, False),
-                                        "lr_lr": (lr, lr, True)}.items():
+    for protocol, (a, b, symmetric) in protocol_sets(hr, lr).items():
         genuine, impostor = pair_scores(a, b, labels, symmetric)
         impostor_desc = np.sort(impostor)[::-1]
         metrics["pairs"][protocol] = {"genuine": int(len(genuine)), "impostor": int(len(impostor))}
